@@ -1,0 +1,476 @@
+//! Configuration for every Depot binary, read by the `config` crate in this
+//! order (later wins): built-in defaults, an optional TOML file (`--config
+//! PATH` or `DEPOT_CONFIG`), then environment variables `DEPOT__SECTION__KEY`
+//! (lists comma-separated, e.g. `DEPOT__UPSTREAM__ALLOWED_SCHEMES=http,https`).
+//!
+//! A bad value is reported as one line naming the key; secrets are held in
+//! [`Secret`], whose `Debug` never shows them.
+
+use base64::Engine;
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["upstream.allowed_schemes"];
+
+const DEFAULTS: &str = r#"
+[database]
+url = "postgres://postgres@127.0.0.1:5432/depot"
+pool_size = 16
+connect_timeout_ms = 3000
+
+[amqp]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+namespace = "depot"
+publish_timeout_ms = 5000
+delivery_limit = 10
+
+[gateway]
+listen = "127.0.0.1:8080"
+max_body_bytes = 65536
+workers = 0
+
+[storage]
+root = "./data/repos"
+
+[worker]
+concurrency = 4
+max_attempts = 5
+retry_base_ms = 1000
+retry_max_ms = 300000
+lease_seconds = 60
+grace_seconds = 30
+relay_interval_ms = 1000
+requeue_after_seconds = 120
+metrics_listen = "127.0.0.1:9090"
+
+[upstream]
+allowed_schemes = ["https"]
+allow_private_networks = false
+timeout_seconds = 600
+max_pack_bytes = 2147483648
+
+[secrets]
+
+[telemetry]
+format = "pretty"
+filter = "info"
+service_name = ""
+"#;
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct SettingsError(String);
+
+impl SettingsError {
+    fn key(key: &str, problem: impl fmt::Display) -> Self {
+        SettingsError(format!("{key}: {problem}"))
+    }
+}
+
+/// A value that must never be printed.
+#[derive(Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: Database,
+    pub amqp: Amqp,
+    pub gateway: Gateway,
+    pub storage: Storage,
+    pub worker: Worker,
+    pub upstream: Upstream,
+    pub secrets: Secrets,
+    pub telemetry: Telemetry,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// May carry a password, hence a secret.
+    pub url: Secret,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Amqp {
+    pub url: Secret,
+    /// Prefix of every exchange and queue, so that several deployments or
+    /// test runs share one broker.
+    pub namespace: String,
+    pub publish_timeout_ms: u64,
+    /// Deliveries of one message before RabbitMQ dead-letters it.
+    pub delivery_limit: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    /// HTTP worker threads; 0 = one per core.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Worker {
+    /// Syncs one worker process runs at once (also the broker prefetch).
+    pub concurrency: u16,
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub lease_seconds: u64,
+    /// How long SIGTERM waits for running syncs before releasing them.
+    pub grace_seconds: u64,
+    pub relay_interval_ms: u64,
+    /// A `queued` sync untouched this long is published again, in case its
+    /// message was lost.
+    pub requeue_after_seconds: u64,
+    pub metrics_listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub allowed_schemes: Vec<String>,
+    pub allow_private_networks: bool,
+    pub timeout_seconds: u64,
+    pub max_pack_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    /// Base64 of 32 bytes: the AES-256-GCM key for upstream credentials.
+    pub credential_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    pub format: LogFormat,
+    /// `tracing_subscriber::EnvFilter` directives; `RUST_LOG` overrides.
+    pub filter: String,
+    pub otlp_endpoint: Option<String>,
+    /// Empty = the binary's own name.
+    pub service_name: String,
+}
+
+impl Settings {
+    /// Load from defaults, the file named by `path` or `DEPOT_CONFIG`, and the
+    /// process environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, SettingsError> {
+        let from_env = std::env::var_os("DEPOT_CONFIG").map(PathBuf::from);
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_from(path.or(from_env.as_deref()), env)
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (tests).
+    pub fn load_from(
+        path: Option<&Path>,
+        env: HashMap<String, String>,
+    ) -> Result<Self, SettingsError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(SettingsError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        let mut environment = Environment::with_prefix("DEPOT")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .try_parsing(true)
+            .source(Some(env.into_iter().collect()));
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        let config = builder
+            .add_source(environment)
+            .build()
+            .map_err(|e| SettingsError(one_line(e)))?;
+        let settings: Settings = config
+            .try_deserialize()
+            .map_err(|e| SettingsError(one_line(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        check_url(
+            &self.database.url,
+            "database.url",
+            &["postgres", "postgresql"],
+        )?;
+        check_url(&self.amqp.url, "amqp.url", &["amqp", "amqps"])?;
+        positive(self.database.pool_size as u64, "database.pool_size")?;
+        positive(self.worker.concurrency.into(), "worker.concurrency")?;
+        positive(self.worker.max_attempts.into(), "worker.max_attempts")?;
+        positive(self.worker.retry_base_ms, "worker.retry_base_ms")?;
+        positive(self.worker.lease_seconds, "worker.lease_seconds")?;
+        positive(self.upstream.timeout_seconds, "upstream.timeout_seconds")?;
+        positive(self.gateway.max_body_bytes as u64, "gateway.max_body_bytes")?;
+        positive(self.amqp.delivery_limit.into(), "amqp.delivery_limit")?;
+        if self.worker.retry_max_ms < self.worker.retry_base_ms {
+            return Err(SettingsError::key(
+                "worker.retry_max_ms",
+                "must not be below worker.retry_base_ms",
+            ));
+        }
+        // RabbitMQ requeues a delivery held unacked past its consumer timeout
+        // (30 min by default): a run must end well before that.
+        if self.upstream.timeout_seconds > 25 * 60 {
+            return Err(SettingsError::key(
+                "upstream.timeout_seconds",
+                "must be at most 1500 (RabbitMQ's consumer timeout is 30 minutes)",
+            ));
+        }
+        let ns = &self.amqp.namespace;
+        if ns.is_empty()
+            || ns.len() > 100
+            || !ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(SettingsError::key(
+                "amqp.namespace",
+                "must be 1-100 characters of [A-Za-z0-9._-]",
+            ));
+        }
+        if self.upstream.allowed_schemes.is_empty() {
+            return Err(SettingsError::key(
+                "upstream.allowed_schemes",
+                "must not be empty",
+            ));
+        }
+        for scheme in &self.upstream.allowed_schemes {
+            if !matches!(scheme.as_str(), "https" | "http") {
+                return Err(SettingsError::key(
+                    "upstream.allowed_schemes",
+                    format!("{scheme:?} is not supported (only http and https)"),
+                ));
+            }
+        }
+        if let Some(key) = &self.secrets.credential_key {
+            self::credential_key_bytes(key)
+                .map_err(|p| SettingsError::key("secrets.credential_key", p))?;
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            check_url(
+                &Secret::new(endpoint.clone()),
+                "telemetry.otlp_endpoint",
+                &["http", "https"],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The credential key, required by the binaries that read or write
+    /// upstream credentials.
+    pub fn credential_key(&self) -> Result<[u8; 32], SettingsError> {
+        let key = self.secrets.credential_key.as_ref().ok_or_else(|| {
+            SettingsError::key(
+                "secrets.credential_key",
+                "is required (base64 of 32 random bytes)",
+            )
+        })?;
+        credential_key_bytes(key).map_err(|p| SettingsError::key("secrets.credential_key", p))
+    }
+}
+
+fn credential_key_bytes(key: &Secret) -> Result<[u8; 32], &'static str> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(key.expose().trim())
+        .map_err(|_| "is not valid base64")?;
+    bytes
+        .try_into()
+        .map_err(|_| "must decode to exactly 32 bytes")
+}
+
+fn positive(value: u64, key: &str) -> Result<(), SettingsError> {
+    if value == 0 {
+        return Err(SettingsError::key(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn check_url(value: &Secret, key: &str, schemes: &[&str]) -> Result<(), SettingsError> {
+    // The error names the key and the problem, never the value: URLs may
+    // carry passwords.
+    let parsed = url::Url::parse(value.expose())
+        .map_err(|e| SettingsError::key(key, format!("is not a valid URL ({e})")))?;
+    if !schemes.contains(&parsed.scheme()) {
+        return Err(SettingsError::key(
+            key,
+            format!("scheme must be one of {}", schemes.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
+fn one_line(e: impl fmt::Display) -> String {
+    e.to_string().replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(
+            s.database.url.expose(),
+            "postgres://postgres@127.0.0.1:5432/depot"
+        );
+        assert_eq!(s.amqp.url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.amqp.namespace, "depot");
+        assert_eq!(s.gateway.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.storage.root, PathBuf::from("./data/repos"));
+        assert_eq!(s.worker.max_attempts, 5);
+        assert_eq!(s.worker.retry_base_ms, 1000);
+        assert_eq!(s.worker.lease_seconds, 60);
+        assert_eq!(s.upstream.allowed_schemes, vec!["https"]);
+        assert!(!s.upstream.allow_private_networks);
+        assert_eq!(s.telemetry.format, LogFormat::Pretty);
+        assert!(s.telemetry.otlp_endpoint.is_none());
+        assert!(s.secrets.credential_key.is_none());
+        assert!(s.credential_key().is_err());
+    }
+
+    #[test]
+    fn file_then_environment_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("depot.toml");
+        std::fs::write(
+            &path,
+            "[worker]\nconcurrency = 7\nmax_attempts = 3\n[amqp]\nnamespace = \"fromfile\"\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some(&path),
+            env(&[
+                ("DEPOT__WORKER__MAX_ATTEMPTS", "9"),
+                ("DEPOT__UPSTREAM__ALLOWED_SCHEMES", "http,https"),
+                ("DEPOT__UPSTREAM__ALLOW_PRIVATE_NETWORKS", "true"),
+                ("DEPOT__TELEMETRY__FORMAT", "json"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.worker.concurrency, 7);
+        assert_eq!(s.worker.max_attempts, 9);
+        assert_eq!(s.amqp.namespace, "fromfile");
+        assert_eq!(s.upstream.allowed_schemes, vec!["http", "https"]);
+        assert!(s.upstream.allow_private_networks);
+        assert_eq!(s.telemetry.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn bad_values_name_their_key_on_one_line() {
+        for (key, value, expected) in [
+            ("DEPOT__WORKER__CONCURRENCY", "many", "worker.concurrency"),
+            ("DEPOT__WORKER__MAX_ATTEMPTS", "0", "worker.max_attempts"),
+            ("DEPOT__GATEWAY__LISTEN", "nowhere", "gateway.listen"),
+            ("DEPOT__DATABASE__URL", "mysql://x", "database.url"),
+            ("DEPOT__AMQP__NAMESPACE", "a b", "amqp.namespace"),
+            (
+                "DEPOT__UPSTREAM__ALLOWED_SCHEMES",
+                "file",
+                "upstream.allowed_schemes",
+            ),
+            (
+                "DEPOT__SECRETS__CREDENTIAL_KEY",
+                "c2hvcnQ=",
+                "secrets.credential_key",
+            ),
+            ("DEPOT__TELEMETRY__FORMAT", "xml", "telemetry.format"),
+            ("DEPOT__WORKER__NO_SUCH_KEY", "1", "no_such_key"),
+        ] {
+            let err = Settings::load_from(None, env(&[(key, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{key}={value}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("DEPOT__SECRETS__CREDENTIAL_KEY", key),
+                ("DEPOT__DATABASE__URL", "postgres://u:hunter2@db/depot"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            &s.credential_key().unwrap(),
+            b"0123456789abcdef0123456789abcdef"
+        );
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains(key) && !dbg.contains("hunter2"), "{dbg}");
+        let err = Settings::load_from(None, env(&[("DEPOT__DATABASE__URL", "hunter2 not a url")]))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err =
+            Settings::load_from(Some(Path::new("/nonexistent/depot.toml")), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/depot.toml"));
+    }
+}
