@@ -1,0 +1,76 @@
+//! The transactional outbox: a job message written in the same transaction
+//! as its sync, so an accepted sync is never without a message to come.
+
+use crate::{GenericClient, Result};
+use std::time::Duration;
+
+pub async fn insert(client: &impl GenericClient, sync_id: &str, payload: &[u8]) -> Result<i64> {
+    let stmt = client
+        .prepare_cached("INSERT INTO outbox (sync_id, payload) VALUES ($1, $2) RETURNING id")
+        .await?;
+    Ok(client.query_one(&stmt, &[&sync_id, &payload]).await?.get(0))
+}
+
+/// The broker confirmed the message.
+pub async fn mark_published(client: &impl GenericClient, id: i64) -> Result<()> {
+    let stmt = client
+        .prepare_cached(
+            "WITH o AS (UPDATE outbox SET published_at = now() WHERE id = $1 RETURNING sync_id)
+             UPDATE syncs SET published_at = now() FROM o WHERE syncs.id = o.sync_id",
+        )
+        .await?;
+    client.execute(&stmt, &[&id]).await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub id: i64,
+    pub sync_id: String,
+    pub payload: Vec<u8>,
+}
+
+/// Unpublished rows older than `min_age` (younger ones are most likely being
+/// published by the gateway right now), locked for the caller's transaction;
+/// other relays skip them.
+pub async fn lock_pending(
+    client: &impl GenericClient,
+    min_age: Duration,
+    limit: i64,
+) -> Result<Vec<Pending>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, sync_id, payload FROM outbox
+             WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&min_age.as_secs_f64(), &limit])
+        .await?
+        .iter()
+        .map(|r| Pending {
+            id: r.get(0),
+            sync_id: r.get(1),
+            payload: r.get(2),
+        })
+        .collect())
+}
+
+pub async fn backlog(client: &impl GenericClient) -> Result<i64> {
+    let stmt = client
+        .prepare_cached("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .await?;
+    Ok(client.query_one(&stmt, &[]).await?.get(0))
+}
+
+/// Delete published rows older than `age`.
+pub async fn prune(client: &impl GenericClient, age: Duration) -> Result<u64> {
+    let stmt = client
+        .prepare_cached(
+            "DELETE FROM outbox WHERE published_at IS NOT NULL
+             AND published_at < now() - make_interval(secs => $1)",
+        )
+        .await?;
+    Ok(client.execute(&stmt, &[&age.as_secs_f64()]).await?)
+}

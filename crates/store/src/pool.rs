@@ -1,0 +1,45 @@
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub max_size: usize,
+    /// Bounds waiting for a free connection and opening a new one, so that
+    /// requests fail fast while Postgres is down instead of piling up.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("database.url: {0}")]
+pub struct PoolConfigError(String);
+
+/// A pool whose connections are checked before reuse (`Verified`), so that
+/// after a Postgres restart dead connections are dropped and replaced
+/// without restarting the process.
+pub fn connect(url: &str, options: &PoolOptions) -> Result<Pool, PoolConfigError> {
+    let mut pg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| PoolConfigError(e.to_string()))?;
+    pg.connect_timeout(options.timeout);
+    if pg.get_application_name().is_none() {
+        pg.application_name("depot");
+    }
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Verified,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(options.max_size)
+        .runtime(Runtime::Tokio1)
+        .timeouts(Timeouts {
+            wait: Some(options.timeout),
+            create: Some(options.timeout),
+            recycle: Some(options.timeout),
+        })
+        .build()
+        .map_err(|e| PoolConfigError(e.to_string()))
+}

@@ -1,0 +1,436 @@
+//! Sync records and their state machine. Every write a worker makes after its
+//! claim is fenced on `(id, attempt, status = 'in_progress')`: a worker whose
+//! lease was taken away (it was presumed dead) cannot overwrite the newer
+//! run's outcome.
+
+use crate::{GenericClient, Result, StoreError, corrupt};
+use chrono::{DateTime, Utc};
+use depot_domain::{Direction, RefGlobs, Stats, SyncStatus};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct SyncRecord {
+    pub id: String,
+    pub repo_id: String,
+    pub seq: i64,
+    pub direction: Direction,
+    pub status: SyncStatus,
+    pub attempt: i32,
+    pub ref_globs: RefGlobs,
+    pub stats: Option<Stats>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str =
+    "s.id, s.repo_id, s.seq, s.direction, s.status, s.attempt, s.branches_glob, s.tags_glob,
+     s.stats, s.error, s.created_at, s.started_at, s.finished_at";
+
+fn from_row(row: &tokio_postgres::Row) -> Result<SyncRecord> {
+    let direction: &str = row.get("direction");
+    let status: &str = row.get("status");
+    let stats: Option<serde_json::Value> = row.get("stats");
+    Ok(SyncRecord {
+        id: row.get("id"),
+        repo_id: row.get("repo_id"),
+        seq: row.get("seq"),
+        direction: direction.parse().map_err(corrupt)?,
+        status: status.parse().map_err(corrupt)?,
+        attempt: row.get("attempt"),
+        ref_globs: RefGlobs {
+            branches: row.get("branches_glob"),
+            tags: row.get("tags_glob"),
+        },
+        stats: stats
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(corrupt)?,
+        error: row.get("error"),
+        created_at: row.get("created_at"),
+        started_at: row.get("started_at"),
+        finished_at: row.get("finished_at"),
+    })
+}
+
+fn rows(rows: Vec<tokio_postgres::Row>) -> Result<Vec<SyncRecord>> {
+    rows.iter().map(from_row).collect()
+}
+
+pub enum Enqueued {
+    Created(SyncRecord),
+    /// A sync with the same direction and globs is still queued.
+    AlreadyQueued(String),
+}
+
+/// Insert a queued sync unless an equal one is still queued. Run inside the
+/// caller's transaction together with the outbox row.
+pub async fn enqueue(
+    client: &impl GenericClient,
+    id: &str,
+    repo_id: &str,
+    direction: Direction,
+    globs: &RefGlobs,
+) -> Result<Enqueued> {
+    let existing = client
+        .prepare_cached(
+            "SELECT id FROM syncs WHERE repo_id = $1 AND direction = $2 AND branches_glob = $3
+             AND tags_glob = $4 AND status = 'queued' ORDER BY seq LIMIT 1",
+        )
+        .await?;
+    let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&repo_id, &direction.as_str(), &globs.branches, &globs.tags];
+    if let Some(row) = client.query_opt(&existing, &args).await? {
+        return Ok(Enqueued::AlreadyQueued(row.get(0)));
+    }
+    let insert = client
+        .prepare_cached(&format!(
+            "INSERT INTO syncs AS s (id, repo_id, direction, branches_glob, tags_glob)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (repo_id, direction, branches_glob, tags_glob)
+                 WHERE status = 'queued' AND attempt = 0 DO NOTHING
+             RETURNING {COLUMNS}"
+        ))
+        .await?;
+    match client
+        .query_opt(
+            &insert,
+            &[
+                &id,
+                &repo_id,
+                &direction.as_str(),
+                &globs.branches,
+                &globs.tags,
+            ],
+        )
+        .await?
+    {
+        Some(row) => Ok(Enqueued::Created(from_row(&row)?)),
+        // A concurrent request inserted the same sync between our check and
+        // our insert; the unique index settled it. Name the winner.
+        None => match client.query_opt(&existing, &args).await? {
+            Some(row) => Ok(Enqueued::AlreadyQueued(row.get(0))),
+            None => Err(corrupt("queued sync vanished during enqueue")),
+        },
+    }
+}
+
+pub async fn get(
+    client: &impl GenericClient,
+    repo_id: &str,
+    sync_id: &str,
+) -> Result<Option<SyncRecord>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM syncs s WHERE s.repo_id = $1 AND s.id = $2"
+        ))
+        .await?;
+    client
+        .query_opt(&stmt, &[&repo_id, &sync_id])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
+pub async fn by_id(client: &impl GenericClient, sync_id: &str) -> Result<Option<SyncRecord>> {
+    let stmt = client
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM syncs s WHERE s.id = $1"))
+        .await?;
+    client
+        .query_opt(&stmt, &[&sync_id])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
+/// A page of a repo's syncs, newest first, older than `before_seq`.
+pub async fn list(
+    client: &impl GenericClient,
+    repo_id: &str,
+    before_seq: i64,
+    limit: i64,
+) -> Result<Vec<SyncRecord>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM syncs s WHERE s.repo_id = $1 AND s.seq < $2 ORDER BY s.seq DESC LIMIT $3"
+        ))
+        .await?;
+    rows(
+        client
+            .query(&stmt, &[&repo_id, &before_seq, &limit])
+            .await?,
+    )
+}
+
+/// The newest sync of each given repo.
+pub async fn latest_for(
+    client: &impl GenericClient,
+    repo_ids: &[String],
+) -> Result<Vec<SyncRecord>> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM unnest($1::text[]) AS r(id)
+             CROSS JOIN LATERAL (SELECT * FROM syncs WHERE repo_id = r.id ORDER BY seq DESC LIMIT 1) s"
+        ))
+        .await?;
+    rows(client.query(&stmt, &[&repo_ids]).await?)
+}
+
+/// What a worker needs to run a claimed sync.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub sync: SyncRecord,
+    pub org_id: String,
+    pub default_bookmark: String,
+    pub upstream: Option<crate::repos::Upstream>,
+}
+
+#[derive(Debug)]
+pub enum Claim {
+    /// `queued → in_progress` done; `sync.attempt` is the fencing token.
+    Claimed(Box<Claimed>),
+    /// Another sync of the same repository is running.
+    Busy,
+    /// Queued, but backing off until then.
+    NotYet(DateTime<Utc>),
+    /// Not queued (a duplicate or stale message), or gone.
+    Gone,
+}
+
+/// Claim a queued sync for a run: one run per repository at a time (the
+/// repository row is locked while checking), attempt + 1, a lease.
+pub async fn claim(
+    client: &mut deadpool_postgres::Client,
+    sync_id: &str,
+    lease: Duration,
+) -> Result<Claim> {
+    let tx = client.transaction().await?;
+    let head = tx
+        .prepare_cached(
+            "SELECT s.repo_id, s.status, s.not_before, now() AS now FROM syncs s WHERE s.id = $1",
+        )
+        .await?;
+    let Some(row) = tx.query_opt(&head, &[&sync_id]).await? else {
+        return Ok(Claim::Gone);
+    };
+    let repo_id: String = row.get(0);
+    let status: &str = row.get(1);
+    if status != "queued" {
+        return Ok(Claim::Gone);
+    }
+    let not_before: Option<DateTime<Utc>> = row.get(2);
+    let now: DateTime<Utc> = row.get(3);
+    if let Some(t) = not_before.filter(|t| *t > now) {
+        return Ok(Claim::NotYet(t));
+    }
+    let lock = tx
+        .prepare_cached(
+            "SELECT r.org_id, r.default_bookmark,
+                    EXISTS (SELECT 1 FROM syncs WHERE repo_id = r.id AND status = 'in_progress') AS busy
+             FROM repos r WHERE r.id = $1 FOR UPDATE",
+        )
+        .await?;
+    let Some(repo) = tx.query_opt(&lock, &[&repo_id]).await? else {
+        return Ok(Claim::Gone);
+    };
+    if repo.get::<_, bool>(2) {
+        return Ok(Claim::Busy);
+    }
+    let update = tx
+        .prepare_cached(&format!(
+            "UPDATE syncs s SET status = 'in_progress', attempt = attempt + 1, started_at = now(),
+                    lease_until = now() + make_interval(secs => $2), not_before = NULL,
+                    error = NULL, stats = NULL, updated_at = now()
+             WHERE s.id = $1 AND s.status = 'queued'
+             RETURNING {COLUMNS}"
+        ))
+        .await?;
+    let Some(updated) = tx
+        .query_opt(&update, &[&sync_id, &(lease.as_secs_f64())])
+        .await?
+    else {
+        return Ok(Claim::Gone);
+    };
+    let sync = from_row(&updated)?;
+    let upstream = crate::repos::by_id(&tx, &repo_id)
+        .await?
+        .and_then(|r| r.upstream);
+    tx.commit().await?;
+    Ok(Claim::Claimed(Box::new(Claimed {
+        sync,
+        org_id: repo.get(0),
+        default_bookmark: repo.get(1),
+        upstream,
+    })))
+}
+
+/// Extend a running sync's lease; false when the run no longer owns it.
+pub async fn heartbeat(
+    client: &impl GenericClient,
+    sync_id: &str,
+    attempt: i32,
+    lease: Duration,
+) -> Result<bool> {
+    let stmt = client
+        .prepare_cached(
+            "UPDATE syncs SET lease_until = now() + make_interval(secs => $3), updated_at = now()
+             WHERE id = $1 AND attempt = $2 AND status = 'in_progress'",
+        )
+        .await?;
+    Ok(client
+        .execute(&stmt, &[&sync_id, &attempt, &(lease.as_secs_f64())])
+        .await?
+        == 1)
+}
+
+/// End a run: `completed` with stats, or `failed` with an error (and stats
+/// when the run got that far). False when the run no longer owns the sync.
+pub async fn finish(
+    client: &impl GenericClient,
+    sync_id: &str,
+    attempt: i32,
+    status: SyncStatus,
+    stats: Option<&Stats>,
+    error: Option<&str>,
+) -> Result<bool> {
+    if !status.is_terminal() {
+        return Err(corrupt(format!("finish with non-terminal status {status}")));
+    }
+    let stats = stats
+        .map(serde_json::to_value)
+        .transpose()
+        .map_err(corrupt)?;
+    let stmt = client
+        .prepare_cached(
+            "UPDATE syncs SET status = $3, stats = $4, error = $5, finished_at = now(),
+                    lease_until = NULL, updated_at = now()
+             WHERE id = $1 AND attempt = $2 AND status = 'in_progress'",
+        )
+        .await?;
+    Ok(client
+        .execute(
+            &stmt,
+            &[&sync_id, &attempt, &status.as_str(), &stats, &error],
+        )
+        .await?
+        == 1)
+}
+
+/// Put a run back to `queued` (transient failure, or shutdown), not to be run
+/// before `delay` from now. The attempt count stays: it counts runs started.
+pub async fn requeue(
+    client: &impl GenericClient,
+    sync_id: &str,
+    attempt: i32,
+    delay: Duration,
+) -> Result<bool> {
+    let stmt = client
+        .prepare_cached(
+            "UPDATE syncs SET status = 'queued', started_at = NULL, lease_until = NULL,
+                    not_before = now() + make_interval(secs => $3), published_at = now(),
+                    updated_at = now()
+             WHERE id = $1 AND attempt = $2 AND status = 'in_progress'",
+        )
+        .await?;
+    Ok(client
+        .execute(&stmt, &[&sync_id, &attempt, &delay.as_secs_f64()])
+        .await?
+        == 1)
+}
+
+/// A sync the sweeper changed.
+#[derive(Debug, Clone)]
+pub struct Swept {
+    pub id: String,
+    pub repo_id: String,
+    pub attempt: i32,
+    pub status: SyncStatus,
+}
+
+/// Runs whose lease ran out (their worker died or hung): back to `queued`, or
+/// `failed` once `max_attempts` runs have started.
+pub async fn sweep_expired_leases(
+    client: &impl GenericClient,
+    max_attempts: i32,
+    limit: i64,
+) -> Result<Vec<Swept>> {
+    let stmt = client
+        .prepare_cached(
+            "WITH expired AS (
+                 SELECT id FROM syncs WHERE status = 'in_progress' AND lease_until < now()
+                 ORDER BY lease_until LIMIT $2 FOR UPDATE SKIP LOCKED)
+             UPDATE syncs s SET
+                 status = CASE WHEN s.attempt >= $1 THEN 'failed' ELSE 'queued' END,
+                 error = CASE WHEN s.attempt >= $1 THEN 'worker_lost: the run stopped reporting progress' END,
+                 finished_at = CASE WHEN s.attempt >= $1 THEN now() END,
+                 started_at = CASE WHEN s.attempt >= $1 THEN s.started_at END,
+                 lease_until = NULL, not_before = NULL, published_at = now(), updated_at = now()
+             FROM expired WHERE s.id = expired.id
+             RETURNING s.id, s.repo_id, s.attempt, s.status",
+        )
+        .await?;
+    client
+        .query(&stmt, &[&max_attempts, &limit])
+        .await?
+        .iter()
+        .map(|r| {
+            let status: &str = r.get(3);
+            Ok(Swept {
+                id: r.get(0),
+                repo_id: r.get(1),
+                attempt: r.get(2),
+                status: status.parse().map_err(corrupt)?,
+            })
+        })
+        .collect()
+}
+
+/// Queued syncs whose message seems lost: due, and not published for
+/// `older_than`. Marks them published now; the caller publishes them.
+/// `SKIP LOCKED` lets any number of relays run this concurrently.
+pub async fn take_stale_queued(
+    client: &impl GenericClient,
+    older_than: Duration,
+    limit: i64,
+) -> Result<Vec<(String, String, i32)>> {
+    let stmt = client
+        .prepare_cached(
+            "WITH stale AS (
+                 SELECT id FROM syncs
+                 WHERE status = 'queued'
+                   AND coalesce(published_at, created_at) < now() - make_interval(secs => $1)
+                   AND coalesce(not_before, now()) <= now()
+                 ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             UPDATE syncs s SET published_at = now() FROM stale WHERE s.id = stale.id
+             RETURNING s.id, s.repo_id, s.attempt",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&older_than.as_secs_f64(), &limit])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// Counts by status, for metrics and tests.
+pub async fn count_by_status(client: &impl GenericClient) -> Result<Vec<(String, i64)>> {
+    let stmt = client
+        .prepare_cached("SELECT status, count(*) FROM syncs GROUP BY status ORDER BY status")
+        .await?;
+    Ok(client
+        .query(&stmt, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+impl From<chrono::OutOfRangeError> for StoreError {
+    fn from(e: chrono::OutOfRangeError) -> Self {
+        corrupt(e)
+    }
+}
