@@ -1,0 +1,462 @@
+//! RabbitMQ (lapin): the job topology, publishing with confirms, consuming.
+//!
+//! Topology, every name prefixed by `amqp.namespace` (`ns`):
+//! - `ns.sync` direct exchange → `ns.sync.jobs` quorum queue (routing key
+//!   `job`), with a delivery limit and `ns.sync.dlx` as dead-letter exchange;
+//! - `ns.sync.dlx` → `ns.sync.dead`: poison messages end here, never loop;
+//! - `ns.sync.delay.<ms>`: one classic queue per retry delay, TTL `<ms>`,
+//!   dead-lettering back into `ns.sync`; unused ones expire by themselves.
+//!   One queue per delay avoids the head-of-line blocking of per-message TTLs.
+//!
+//! Messages only say "look at sync X now": Postgres holds the truth, so a
+//! message may be lost, duplicated or late without harm beyond latency.
+//!
+//! Every broker await has a timeout: lapin can hang on a vanished broker.
+
+use depot_contracts::Message as _;
+mod supervisor;
+pub use supervisor::BrokerHandle;
+
+use depot_contracts::sync_v1::SyncJob;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+pub use lapin::Consumer;
+pub use lapin::message::Delivery;
+pub use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+
+pub const ROUTING_KEY: &str = "job";
+const DEAD_ROUTING_KEY: &str = "dead";
+/// How long an unused delay queue lives after its TTL (RabbitMQ deletes it).
+const DELAY_QUEUE_IDLE_MS: u64 = 120_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker operation timed out: {0}")]
+    Timeout(&'static str),
+    #[error("broker error: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("broker did not accept the message: {0}")]
+    NotAccepted(&'static str),
+    #[error("undecodable job message: {0}")]
+    Decode(String),
+}
+
+/// Exchange and queue names of one namespace.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    ns: String,
+}
+
+impl Topology {
+    pub fn new(namespace: &str) -> Self {
+        Topology {
+            ns: namespace.to_string(),
+        }
+    }
+    pub fn exchange(&self) -> String {
+        format!("{}.sync", self.ns)
+    }
+    pub fn jobs_queue(&self) -> String {
+        format!("{}.sync.jobs", self.ns)
+    }
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.sync.dlx", self.ns)
+    }
+    pub fn dead_queue(&self) -> String {
+        format!("{}.sync.dead", self.ns)
+    }
+    pub fn delay_queue(&self, delay_ms: u64) -> String {
+        format!("{}.sync.delay.{delay_ms}", self.ns)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    pub url: String,
+    pub namespace: String,
+    /// Bound on each broker operation (connect, declare, publish + confirm).
+    pub timeout: Duration,
+    /// Deliveries of one message before it is dead-lettered.
+    pub delivery_limit: u32,
+    /// Shown in the RabbitMQ management UI.
+    pub connection_name: String,
+}
+
+async fn timed<T, E>(
+    what: &'static str,
+    limit: Duration,
+    f: impl Future<Output = Result<T, E>>,
+) -> Result<T, BrokerError>
+where
+    BrokerError: From<E>,
+{
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r.map_err(BrokerError::from),
+        Err(_) => Err(BrokerError::Timeout(what)),
+    }
+}
+
+fn s(v: impl Into<ShortString>) -> ShortString {
+    v.into()
+}
+
+/// One connection with a confirm-mode channel for publishing. Cheap to share
+/// behind an `Arc`; when it breaks, build a new one (see the supervisors in
+/// the gateway and the worker) rather than relying on automatic recovery.
+pub struct Broker {
+    connection: Connection,
+    publisher: Channel,
+    topology: Topology,
+    options: BrokerOptions,
+}
+
+impl Broker {
+    /// Connect, declare the topology, and open the publishing channel.
+    pub async fn connect(options: BrokerOptions) -> Result<Broker, BrokerError> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(options.connection_name.clone().into());
+        let connection = timed(
+            "connect",
+            options.timeout,
+            Connection::connect(&options.url, props),
+        )
+        .await?;
+        let topology = Topology::new(&options.namespace);
+        let publisher = timed("open channel", options.timeout, connection.create_channel()).await?;
+        let broker = Broker {
+            connection,
+            publisher,
+            topology,
+            options,
+        };
+        broker.declare().await?;
+        timed(
+            "confirm select",
+            broker.options.timeout,
+            broker
+                .publisher
+                .confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        Ok(broker)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+
+    async fn declare(&self) -> Result<(), BrokerError> {
+        let t = &self.topology;
+        let ch = &self.publisher;
+        let limit = self.options.timeout;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        timed(
+            "declare exchange",
+            limit,
+            ch.exchange_declare(
+                s(t.exchange()),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        timed(
+            "declare dead-letter exchange",
+            limit,
+            ch.exchange_declare(
+                s(t.dead_exchange()),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        let queue = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let mut jobs = FieldTable::default();
+        jobs.insert(
+            s("x-queue-type"),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+        jobs.insert(
+            s("x-delivery-limit"),
+            AMQPValue::LongInt(i32::try_from(self.options.delivery_limit).unwrap_or(i32::MAX)),
+        );
+        jobs.insert(
+            s("x-dead-letter-exchange"),
+            AMQPValue::LongString(LongString::from(t.dead_exchange())),
+        );
+        jobs.insert(
+            s("x-dead-letter-routing-key"),
+            AMQPValue::LongString(LongString::from(DEAD_ROUTING_KEY)),
+        );
+        timed(
+            "declare jobs queue",
+            limit,
+            ch.queue_declare(s(t.jobs_queue()), queue, jobs),
+        )
+        .await?;
+        timed(
+            "bind jobs queue",
+            limit,
+            ch.queue_bind(
+                s(t.jobs_queue()),
+                s(t.exchange()),
+                s(ROUTING_KEY),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        let mut dead = FieldTable::default();
+        dead.insert(
+            s("x-queue-type"),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+        timed(
+            "declare dead queue",
+            limit,
+            ch.queue_declare(s(t.dead_queue()), queue, dead),
+        )
+        .await?;
+        timed(
+            "bind dead queue",
+            limit,
+            ch.queue_bind(
+                s(t.dead_queue()),
+                s(t.dead_exchange()),
+                s(DEAD_ROUTING_KEY),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn declare_delay_queue(&self, delay_ms: u64) -> Result<String, BrokerError> {
+        let t = &self.topology;
+        let name = t.delay_queue(delay_ms);
+        let mut args = FieldTable::default();
+        args.insert(s("x-message-ttl"), AMQPValue::LongLongInt(delay_ms as i64));
+        args.insert(
+            s("x-expires"),
+            AMQPValue::LongLongInt((delay_ms + DELAY_QUEUE_IDLE_MS) as i64),
+        );
+        args.insert(
+            s("x-dead-letter-exchange"),
+            AMQPValue::LongString(LongString::from(t.exchange())),
+        );
+        args.insert(
+            s("x-dead-letter-routing-key"),
+            AMQPValue::LongString(LongString::from(ROUTING_KEY)),
+        );
+        let opts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        timed(
+            "declare delay queue",
+            self.options.timeout,
+            self.publisher.queue_declare(s(name.as_str()), opts, args),
+        )
+        .await?;
+        Ok(name)
+    }
+
+    /// Publish a job for immediate processing. Ok only when the broker
+    /// confirmed it *and* routed it to a queue (mandatory; a returned message
+    /// is a failure).
+    pub async fn publish(&self, job: &SyncJob) -> Result<(), BrokerError> {
+        self.publish_to(&self.topology.exchange(), ROUTING_KEY, job)
+            .await
+    }
+
+    /// Publish a job to come back after `delay` (rounded to 10 ms buckets so
+    /// that jittered delays do not create a queue each).
+    pub async fn publish_delayed(&self, job: &SyncJob, delay: Duration) -> Result<(), BrokerError> {
+        let ms = (delay.as_millis() as u64).max(10).div_ceil(10) * 10;
+        let queue = self.declare_delay_queue(ms).await?;
+        self.publish_to("", &queue, job).await
+    }
+
+    async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        job: &SyncJob,
+    ) -> Result<(), BrokerError> {
+        let mut headers = FieldTable::default();
+        for (k, v) in &job.trace_context {
+            headers.insert(
+                s(k.as_str()),
+                AMQPValue::LongString(LongString::from(v.as_str())),
+            );
+        }
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(s("application/x-protobuf"))
+            .with_type(s("depot.sync.v1.SyncJob"))
+            .with_message_id(s(job.sync_id.as_str()))
+            .with_headers(headers);
+        let payload = job.encode_to_vec();
+        let opts = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let limit = self.options.timeout;
+        let confirm = timed(
+            "publish",
+            limit,
+            self.publisher
+                .basic_publish(s(exchange), s(routing_key), opts, &payload, props),
+        )
+        .await?;
+        match timed("publisher confirm", limit, confirm).await? {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(BrokerError::NotAccepted("returned as unroutable")),
+            Confirmation::Nack(_) => Err(BrokerError::NotAccepted("nacked")),
+            Confirmation::NotRequested => Err(BrokerError::NotAccepted("no confirm")),
+        }
+    }
+
+    /// A consumer on the jobs queue with its own channel and `prefetch`
+    /// unacknowledged deliveries at most.
+    pub async fn consume(
+        &self,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<(Channel, Consumer), BrokerError> {
+        let limit = self.options.timeout;
+        let channel = timed("open channel", limit, self.connection.create_channel()).await?;
+        timed(
+            "qos",
+            limit,
+            channel.basic_qos(prefetch, BasicQosOptions::default()),
+        )
+        .await?;
+        let consumer = timed(
+            "consume",
+            limit,
+            channel.basic_consume(
+                s(self.topology.jobs_queue()),
+                s(tag),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        Ok((channel, consumer))
+    }
+
+    /// Messages waiting in a queue (passive declare on a throwaway channel, as
+    /// a failed passive declare kills the channel it runs on).
+    pub async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
+        let limit = self.options.timeout;
+        let channel = timed("open channel", limit, self.connection.create_channel()).await?;
+        let q = timed(
+            "passive declare",
+            limit,
+            channel.queue_declare(
+                s(queue),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        let _ = timed("close channel", limit, channel.close(200, s("done"))).await;
+        Ok(q.message_count())
+    }
+
+    /// Delete every queue and exchange of this namespace (test cleanup).
+    pub async fn delete_topology(&self) -> Result<(), BrokerError> {
+        let limit = self.options.timeout;
+        let ch = timed("open channel", limit, self.connection.create_channel()).await?;
+        for q in [self.topology.jobs_queue(), self.topology.dead_queue()] {
+            timed(
+                "delete queue",
+                limit,
+                ch.queue_delete(s(q), QueueDeleteOptions::default()),
+            )
+            .await?;
+        }
+        for e in [self.topology.exchange(), self.topology.dead_exchange()] {
+            timed(
+                "delete exchange",
+                limit,
+                ch.exchange_delete(s(e), Default::default()),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        let _ = timed(
+            "close",
+            self.options.timeout,
+            self.connection.close(200, s("shutdown")),
+        )
+        .await;
+    }
+}
+
+/// Decode a delivery's job, with the trace context from its headers.
+pub fn decode_job(delivery: &Delivery) -> Result<SyncJob, BrokerError> {
+    let mut job = SyncJob::decode(delivery.data.as_slice())
+        .map_err(|e| BrokerError::Decode(e.to_string()))?;
+    if job.sync_id.is_empty() {
+        return Err(BrokerError::Decode("empty sync_id".into()));
+    }
+    if let Some(headers) = delivery.properties.headers() {
+        for (k, v) in headers.inner() {
+            if let AMQPValue::LongString(v) = v {
+                if k.as_str() == "traceparent" || k.as_str() == "tracestate" {
+                    job.trace_context.insert(
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    );
+                }
+            }
+        }
+    }
+    Ok(job)
+}
+
+/// A job for `sync_id` carrying the given trace context.
+pub fn job(
+    sync_id: &str,
+    repo_id: &str,
+    attempt: i32,
+    trace_context: HashMap<String, String>,
+) -> SyncJob {
+    SyncJob {
+        sync_id: sync_id.to_string(),
+        repo_id: repo_id.to_string(),
+        attempt_hint: u32::try_from(attempt).unwrap_or(0),
+        trace_context,
+    }
+}
