@@ -1,0 +1,90 @@
+//! `depot-gateway`: the public HTTP API (API.md). Stateless: every request
+//! reads and writes Postgres; accepted syncs are published to RabbitMQ as
+//! jobs, through the transactional outbox so that none is lost.
+
+pub mod auth;
+pub mod error;
+pub mod json;
+pub mod pagination;
+pub mod policy;
+pub mod routes;
+pub mod views;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use depot_broker::{BrokerHandle, BrokerOptions};
+use depot_secrets::CredentialKey;
+use depot_settings::Settings;
+use depot_store::{Pool, PoolOptions};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Shared by all request handlers.
+pub struct AppState {
+    pub pool: Pool,
+    pub broker: Arc<BrokerHandle>,
+    pub credential_key: CredentialKey,
+    pub settings: Settings,
+}
+
+/// The built server, bound but not yet running (zero-to-production style:
+/// tests bind port 0 and read the port back).
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let key = settings.credential_key()?;
+        let pool = depot_store::connect(
+            settings.database.url.expose(),
+            &PoolOptions {
+                max_size: settings.database.pool_size,
+                timeout: Duration::from_millis(settings.database.connect_timeout_ms),
+            },
+        )?;
+        let broker = BrokerHandle::spawn(BrokerOptions {
+            url: settings.amqp.url.expose().to_string(),
+            namespace: settings.amqp.namespace.clone(),
+            timeout: Duration::from_millis(settings.amqp.publish_timeout_ms),
+            delivery_limit: settings.amqp.delivery_limit,
+            connection_name: "depot-gateway".into(),
+        });
+        let listener = TcpListener::bind(settings.gateway.listen)
+            .map_err(|e| anyhow::anyhow!("gateway.listen {}: {e}", settings.gateway.listen))?;
+        let port = listener.local_addr()?.port();
+        let workers = settings.gateway.workers;
+        let state = web::Data::new(AppState {
+            pool,
+            broker,
+            credential_key: CredentialKey::new(&key),
+            settings,
+        });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(|cfg| routes::configure(cfg, &state.settings))
+        })
+        .listen(listener)?
+        // Finish in-flight requests on SIGTERM for at most this long.
+        .shutdown_timeout(30);
+        if workers > 0 {
+            server = server.workers(workers);
+        }
+        Ok(Application {
+            port,
+            server: server.run(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs until SIGTERM/SIGINT (actix handles both: stop accepting, drain).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

@@ -1,0 +1,176 @@
+//! Route table and the cross-cutting request handling (envelope for every
+//! error, `Accept` negotiation, body limits, one span per request).
+
+pub mod health;
+pub mod orgs;
+pub mod repos;
+pub mod syncs;
+
+use crate::error::ApiError;
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use depot_settings::Settings;
+use futures_util::StreamExt;
+use tracing::Instrument;
+
+pub fn configure(cfg: &mut web::ServiceConfig, settings: &Settings) {
+    let _ = settings;
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| {
+        ApiError::invalid("query", format!("invalid query string: {e}")).into()
+    }))
+    .app_data(
+        web::PathConfig::default()
+            .error_handler(|e, _| ApiError::invalid("path", format!("invalid path: {e}")).into()),
+    )
+    .route("/healthz", web::get().to(health::healthz))
+    .route("/readyz", web::get().to(health::readyz))
+    .service(
+        web::scope("/v1")
+            .wrap(actix_web::middleware::from_fn(envelope))
+            .route("/whoami", web::get().to(orgs::whoami))
+            .route("/{org}/repos", web::post().to(repos::create))
+            .route("/{org}/repos", web::get().to(repos::list))
+            .route("/{org}", web::get().to(orgs::get))
+            .route("/{org}/{repo}", web::get().to(repos::get))
+            .route("/{org}/{repo}", web::patch().to(repos::update))
+            .route("/{org}/{repo}", web::delete().to(repos::delete))
+            .route(
+                "/{org}/{repo}/upstream/syncs",
+                web::post().to(syncs::create),
+            )
+            .route("/{org}/{repo}/upstream/syncs", web::get().to(syncs::list))
+            .route(
+                "/{org}/{repo}/upstream/syncs/{sync_id}",
+                web::get().to(syncs::get),
+            )
+            .default_service(web::to(not_found)),
+    )
+    .default_service(web::to(not_found));
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found("route"))
+}
+
+/// Does the `Accept` header admit `application/json`? Absent = yes.
+fn accepts_json(req: &HttpRequest) -> bool {
+    let Some(accept) = req.headers().get(header::ACCEPT) else {
+        return true;
+    };
+    let Ok(accept) = accept.to_str() else {
+        return false;
+    };
+    accept.split(',').any(|part| {
+        let mut params = part.split(';');
+        let media = params
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let refused = params.any(|p| {
+            let p = p.trim().replace(' ', "");
+            p == "q=0" || p == "q=0.0" || p == "q=0.00" || p == "q=0.000"
+        });
+        !refused && matches!(media.as_str(), "application/json" | "application/*" | "*/*")
+    })
+}
+
+/// Middleware for `/v1`: 406 when JSON is not acceptable, a span per
+/// request, and the envelope on any error response actix produced itself.
+async fn envelope(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<BoxBody>>, actix_web::Error> {
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        route = tracing::field::Empty,
+        status = tracing::field::Empty,
+        key_id = tracing::field::Empty,
+    );
+    async move {
+        if !accepts_json(req.request()) {
+            let err = ApiError::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "NOT_ACCEPTABLE",
+                "this API only produces application/json",
+            );
+            let (req, _) = req.into_parts();
+            return Ok(
+                ServiceResponse::new(req, actix_web::ResponseError::error_response(&err))
+                    .map_into_right_body(),
+            );
+        }
+        if let Some(pattern) = req.match_pattern() {
+            tracing::Span::current().record("route", pattern.as_str());
+        }
+        let res = next.call(req).await?;
+        let status = res.status();
+        tracing::Span::current().record("status", status.as_u16());
+        let is_json = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if status.is_client_error() || status.is_server_error() {
+            if !is_json {
+                // An error that did not come from ApiError (actix's own):
+                // re-dress it in the envelope. Our API only answers with the
+                // statuses it documents, so odd ones become 400.
+                let (code, status) = match status {
+                    StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+                        ("NOT_FOUND", StatusCode::NOT_FOUND)
+                    }
+                    s if s.is_server_error() => ("INTERNAL", StatusCode::INTERNAL_SERVER_ERROR),
+                    _ => ("INVALID_REQUEST", StatusCode::BAD_REQUEST),
+                };
+                let err = ApiError::new(
+                    status,
+                    code,
+                    status.canonical_reason().unwrap_or("error").to_lowercase(),
+                );
+                let (req, _) = res.into_parts();
+                return Ok(ServiceResponse::new(
+                    req,
+                    actix_web::ResponseError::error_response(&err),
+                )
+                .map_into_right_body());
+            }
+            if status.is_server_error() {
+                tracing::warn!(status = status.as_u16(), "request failed");
+            }
+        }
+        Ok(res.map_body(|_, b| b.boxed()).map_into_left_body())
+    }
+    .instrument(span)
+    .await
+}
+
+/// Read a request body, capped at `max` bytes (a larger one is a 400, per
+/// the API's error rules, not the 413 actix would give).
+pub async fn read_body(mut payload: web::Payload, max: usize) -> Result<web::Bytes, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::invalid("body", format!("could not read body: {e}")))?;
+        if body.len() + chunk.len() > max {
+            return Err(ApiError::invalid(
+                "body",
+                format!("body is larger than {max} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ))
+        .body(body.to_string())
+}

@@ -1,0 +1,259 @@
+//! `/v1/{org}/{repo}/upstream/syncs`: the "Sync upstream" operation
+//! (seed/sync-upstream.openapi.md) and its two read companions.
+
+use super::repos::load_repo;
+use super::{json_response, read_body};
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::json;
+use crate::pagination::{self, PageQuery};
+use crate::views;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use depot_contracts::Message as _;
+use depot_domain::ids::{looks_like, new_id};
+use depot_domain::{Direction, RefGlobs, RefGlobsInput, Scope};
+use depot_store::idempotency::{self, Reservation};
+use depot_store::syncs::Enqueued;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+struct SyncRequest {
+    direction: Direction,
+    globs: RefGlobs,
+}
+
+fn parse_request(body: &Map<String, Value>) -> Result<SyncRequest, ApiError> {
+    json::only_keys(body, &["direction", "ref_globs"], "")?;
+    let direction = json::required_string(body, "direction", "")?;
+    let direction = direction
+        .parse::<Direction>()
+        .map_err(|_| ApiError::invalid("direction", "direction must be 'pull' or 'push'"))?;
+    let input = match json::object(body, "ref_globs", "")? {
+        json::Field::Absent => None,
+        json::Field::Null => {
+            return Err(ApiError::invalid(
+                "ref_globs",
+                "ref_globs must be an object; omit it to sync everything",
+            ));
+        }
+        json::Field::Present(g) => {
+            json::only_keys(g, &["branches", "tags"], "ref_globs")?;
+            Some(RefGlobsInput {
+                branches: json::opt_string(g, "branches", "ref_globs")?,
+                tags: json::opt_string(g, "tags", "ref_globs")?,
+            })
+        }
+    };
+    let globs =
+        RefGlobs::normalize(input).map_err(|e| ApiError::invalid(e.field(), e.to_string()))?;
+    Ok(SyncRequest { direction, globs })
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Idempotency-Key",
+                "Idempotency-Key must be 1-255 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(key.to_string()))
+}
+
+pub async fn create(
+    state: web::Data<AppState>,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (org, repo_name) = path.into_inner();
+    caller.for_org(&org, Scope::Write)?;
+    let body =
+        json::parse_object(&read_body(payload, state.settings.gateway.max_body_bytes).await?)?;
+    let request = parse_request(&body)?;
+    let idem_key = idempotency_key(&req)?;
+    // The hash covers the target and the body as parsed (key order and
+    // blanks do not matter); serde_json's map is sorted.
+    let request_hash = Sha256::digest(
+        format!(
+            "POST {org}/{repo_name}/upstream/syncs {}",
+            Value::Object(body)
+        )
+        .as_bytes(),
+    )
+    .to_vec();
+
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    if let Some(key) = &idem_key {
+        match idempotency::reserve(&tx, &caller.key.org_id, key, &request_hash).await? {
+            Reservation::Fresh => {}
+            Reservation::Replay { status, body } => {
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return Ok(json_response(status, &body));
+            }
+            Reservation::Mismatch | Reservation::InFlight => {
+                return Err(ApiError::conflict(
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "this Idempotency-Key was used with a different request",
+                ));
+            }
+        }
+    }
+    let repo = load_repo(&tx, &caller.key.org_id, &repo_name).await?;
+    let outcome: Result<(depot_store::syncs::SyncRecord, i64), ApiError> = async {
+        if repo.upstream.is_none() {
+            return Err(ApiError::conflict(
+                "UPSTREAM_NOT_CONFIGURED",
+                "the repository has no upstream",
+            ));
+        }
+        let sync_id = new_id("sync");
+        match depot_store::syncs::enqueue(
+            &tx,
+            &sync_id,
+            &repo.id,
+            request.direction,
+            &request.globs,
+        )
+        .await?
+        {
+            Enqueued::AlreadyQueued(existing) => Err(ApiError::conflict(
+                "SYNC_ALREADY_QUEUED",
+                "an identical sync is already queued; it will see the latest state when it runs",
+            )
+            .with_detail("sync_id", existing)),
+            Enqueued::Created(sync) => {
+                let job = depot_broker::job(
+                    &sync.id,
+                    &sync.repo_id,
+                    sync.attempt,
+                    depot_telemetry::inject_current(),
+                );
+                let outbox_id =
+                    depot_store::outbox::insert(&tx, &sync.id, &job.encode_to_vec()).await?;
+                Ok((sync, outbox_id))
+            }
+        }
+    }
+    .await;
+    let (sync, outbox_id) = match outcome {
+        Ok(created) => created,
+        Err(e) if e.status == StatusCode::CONFLICT => {
+            // A 409 is a final answer too: replay it for the same key.
+            if let Some(key) = &idem_key {
+                idempotency::complete(&tx, &caller.key.org_id, key, 409, &e.body()).await?;
+                tx.commit().await?;
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let body = views::sync(&sync);
+    if let Some(key) = &idem_key {
+        idempotency::complete(&tx, &caller.key.org_id, key, 201, &body).await?;
+    }
+    tx.commit().await?;
+    tracing::info!(sync_id = %sync.id, repo_id = %sync.repo_id, direction = %sync.direction, "sync enqueued");
+    publish(&state, &sync, outbox_id).await;
+    Ok(json_response(StatusCode::CREATED, &body))
+}
+
+/// Publish right away when the broker is up. Any failure here is not the
+/// client's: the sync is committed with its outbox row, and the relay
+/// publishes rows left unconfirmed.
+async fn publish(state: &AppState, sync: &depot_store::syncs::SyncRecord, outbox_id: i64) {
+    let Some(broker) = state.broker.get() else {
+        tracing::warn!(sync_id = %sync.id, "broker unavailable; the relay will publish the job");
+        return;
+    };
+    let job = depot_broker::job(
+        &sync.id,
+        &sync.repo_id,
+        sync.attempt,
+        depot_telemetry::inject_current(),
+    );
+    match broker.publish(&job).await {
+        Ok(()) => {
+            let marked = async {
+                let client = state.pool.get().await?;
+                depot_store::outbox::mark_published(&client, outbox_id).await
+            };
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), marked)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(depot_store::StoreError::Corrupt(
+                        "timed out marking outbox row".into(),
+                    ))
+                })
+            {
+                // Harmless: the relay publishes again and the worker drops
+                // the duplicate.
+                tracing::warn!(sync_id = %sync.id, error = %e, "could not mark outbox row published");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(sync_id = %sync.id, error = %e, "publish failed; the relay will retry");
+            state.broker.report_broken();
+        }
+    }
+}
+
+pub async fn get(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (org, repo_name, sync_id) = path.into_inner();
+    caller.for_org(&org, Scope::Read)?;
+    if !looks_like("sync", &sync_id) {
+        return Err(ApiError::not_found("sync"));
+    }
+    let client = state.pool.get().await?;
+    let repo = load_repo(&client, &caller.key.org_id, &repo_name).await?;
+    let sync = depot_store::syncs::get(&client, &repo.id, &sync_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("sync"))?;
+    Ok(HttpResponse::Ok().json(views::sync(&sync)))
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (org, repo_name) = path.into_inner();
+    caller.for_org(&org, Scope::Read)?;
+    let limit = pagination::limit(query.limit.as_deref())?;
+    let before = match &query.cursor {
+        Some(c) => pagination::decode("s", c)?,
+        None => i64::MAX,
+    };
+    let client = state.pool.get().await?;
+    let repo = load_repo(&client, &caller.key.org_id, &repo_name).await?;
+    let mut syncs = depot_store::syncs::list(&client, &repo.id, before, limit + 1).await?;
+    let has_more = syncs.len() as i64 > limit;
+    syncs.truncate(limit as usize);
+    let next_cursor = if has_more {
+        syncs.last().map(|s| pagination::encode("s", s.seq))
+    } else {
+        None
+    };
+    let items: Vec<Value> = syncs.iter().map(views::sync).collect();
+    Ok(HttpResponse::Ok()
+        .json(json!({ "next_cursor": next_cursor, "has_more": has_more, "syncs": items })))
+}

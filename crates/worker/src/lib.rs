@@ -1,0 +1,84 @@
+//! `depot-worker`: consumes sync jobs and runs them, and keeps the system
+//! honest in the background (outbox relay, lost-message re-publish, lease
+//! sweeper, storage purge). Scaled independently of the gateway; any number
+//! of replicas may run.
+
+mod consumer;
+mod relay;
+mod run;
+mod upstream;
+
+use depot_broker::{BrokerHandle, BrokerOptions};
+use depot_secrets::CredentialKey;
+use depot_settings::Settings;
+use depot_store::{Pool, PoolOptions};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a worker's tasks share.
+pub(crate) struct Ctx {
+    pub pool: Pool,
+    pub broker: Arc<BrokerHandle>,
+    pub credential_key: CredentialKey,
+    pub settings: Settings,
+    /// Cancelled when the grace period after SIGTERM is over: running syncs
+    /// abort and are released back to `queued`.
+    pub hard_stop: CancellationToken,
+}
+
+impl Ctx {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.settings.worker.lease_seconds)
+    }
+
+    /// Where a repository's bare git data lives. Ids, not names, so renames
+    /// never move data.
+    pub fn repo_path(&self, org_id: &str, repo_id: &str) -> PathBuf {
+        self.settings
+            .storage
+            .root
+            .join(org_id)
+            .join(format!("{repo_id}.git"))
+    }
+}
+
+/// Run until `shutdown` is cancelled (SIGTERM), then stop consuming, give
+/// running syncs `worker.grace_seconds` to finish, release the rest, and
+/// return.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let key = settings.credential_key()?;
+    std::fs::create_dir_all(&settings.storage.root)
+        .map_err(|e| anyhow::anyhow!("storage.root {}: {e}", settings.storage.root.display()))?;
+    let pool = depot_store::connect(
+        settings.database.url.expose(),
+        &PoolOptions {
+            max_size: settings.database.pool_size,
+            timeout: Duration::from_millis(settings.database.connect_timeout_ms),
+        },
+    )?;
+    let broker = BrokerHandle::spawn(BrokerOptions {
+        url: settings.amqp.url.expose().to_string(),
+        namespace: settings.amqp.namespace.clone(),
+        timeout: Duration::from_millis(settings.amqp.publish_timeout_ms),
+        delivery_limit: settings.amqp.delivery_limit,
+        connection_name: format!("depot-worker-{}", std::process::id()),
+    });
+    let grace = Duration::from_secs(settings.worker.grace_seconds);
+    let ctx = Arc::new(Ctx {
+        pool,
+        broker,
+        credential_key: CredentialKey::new(&key),
+        settings,
+        hard_stop: CancellationToken::new(),
+    });
+    let relay = tokio::spawn(relay::run(ctx.clone(), shutdown.clone()));
+    consumer::run(ctx.clone(), shutdown.clone(), grace).await;
+    relay.abort();
+    let _ = relay.await;
+    if let Some(b) = ctx.broker.get() {
+        b.close().await;
+    }
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Background duties that make "every accepted sync ends" true even when
+//! messages are lost or workers die. Any number of worker replicas run them
+//! at once: each step locks its rows with `FOR UPDATE SKIP LOCKED`.
+//!
+//! - outbox relay: publish job messages the gateway could not confirm;
+//! - lost messages: re-publish `queued` syncs nobody has looked at for
+//!   `worker.requeue_after_seconds`;
+//! - lease sweeper: return runs whose lease expired (their worker died) to
+//!   `queued`, or `failed` when their attempts are spent;
+//! - purge: remove the git data of deleted repositories.
+
+use crate::Ctx;
+use depot_contracts::Message as _;
+use depot_contracts::sync_v1::SyncJob;
+use depot_domain::SyncStatus;
+use depot_store::StoreError;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const BATCH: i64 = 100;
+/// Outbox rows younger than this are most likely being published by the
+/// gateway that wrote them.
+const OUTBOX_MIN_AGE: Duration = Duration::from_secs(2);
+
+pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let every = Duration::from_millis(ctx.settings.worker.relay_interval_ms.max(50));
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        ticks += 1;
+        if let Err(e) = tick(&ctx, ticks).await {
+            tracing::warn!(error = %e, "relay step failed; will retry");
+        }
+    }
+}
+
+async fn tick(ctx: &Ctx, ticks: u64) -> Result<(), StoreError> {
+    relay_outbox(ctx).await?;
+    sweep(ctx).await?;
+    republish_stale(ctx).await?;
+    if ticks % 30 == 0 {
+        purge_deleted(ctx).await?;
+        let client = ctx.pool.get().await?;
+        depot_store::outbox::prune(&client, Duration::from_secs(24 * 3600)).await?;
+    }
+    Ok(())
+}
+
+async fn relay_outbox(ctx: &Ctx) -> Result<(), StoreError> {
+    let Some(broker) = ctx.broker.get() else {
+        return Ok(());
+    };
+    let mut client = ctx.pool.get().await?;
+    let tx = client.transaction().await?;
+    let pending = depot_store::outbox::lock_pending(&tx, OUTBOX_MIN_AGE, BATCH).await?;
+    for row in &pending {
+        let job = match SyncJob::decode(row.payload.as_slice()) {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::error!(outbox_id = row.id, error = %e, "undecodable outbox row; skipping it");
+                depot_store::outbox::mark_published(&tx, row.id).await?;
+                continue;
+            }
+        };
+        match broker.publish(&job).await {
+            Ok(()) => {
+                depot_store::outbox::mark_published(&tx, row.id).await?;
+                tracing::info!(sync_id = %row.sync_id, "relay published job");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "relay publish failed");
+                ctx.broker.report_broken();
+                break;
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn publish_all(ctx: &Ctx, jobs: &[(String, String, i32)], why: &str) {
+    let Some(broker) = ctx.broker.get() else {
+        return;
+    };
+    for (sync_id, repo_id, attempt) in jobs {
+        let job = depot_broker::job(sync_id, repo_id, *attempt, HashMap::new());
+        if let Err(e) = broker.publish(&job).await {
+            // The sync stays queued; the next lost-message pass tries again.
+            tracing::warn!(sync_id = %sync_id, error = %e, "re-publish failed");
+            ctx.broker.report_broken();
+            return;
+        }
+        tracing::info!(sync_id = %sync_id, why, "re-published job");
+    }
+}
+
+async fn sweep(ctx: &Ctx) -> Result<(), StoreError> {
+    let max_attempts = i32::try_from(ctx.settings.worker.max_attempts).unwrap_or(i32::MAX);
+    let swept = {
+        let client = ctx.pool.get().await?;
+        depot_store::syncs::sweep_expired_leases(&client, max_attempts, BATCH).await?
+    };
+    let mut requeued = Vec::new();
+    for s in swept {
+        match s.status {
+            SyncStatus::Queued => {
+                tracing::warn!(sync_id = %s.id, attempt = s.attempt, "lease expired; sync re-queued");
+                requeued.push((s.id, s.repo_id, s.attempt));
+            }
+            _ => {
+                tracing::warn!(sync_id = %s.id, attempt = s.attempt, "lease expired; attempts exhausted, sync failed")
+            }
+        }
+    }
+    publish_all(ctx, &requeued, "lease expired").await;
+    Ok(())
+}
+
+async fn republish_stale(ctx: &Ctx) -> Result<(), StoreError> {
+    if ctx.broker.get().is_none() {
+        return Ok(());
+    }
+    let older_than = Duration::from_secs(ctx.settings.worker.requeue_after_seconds);
+    let stale = {
+        let client = ctx.pool.get().await?;
+        depot_store::syncs::take_stale_queued(&client, older_than, BATCH).await?
+    };
+    publish_all(ctx, &stale, "message presumed lost").await;
+    Ok(())
+}
+
+async fn purge_deleted(ctx: &Ctx) -> Result<(), StoreError> {
+    let mut client = ctx.pool.get().await?;
+    let tx = client.transaction().await?;
+    for (repo_id, org_id) in depot_store::repos::lock_pending_purges(&tx, BATCH).await? {
+        let path = ctx.repo_path(&org_id, &repo_id);
+        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        })
+        .await;
+        match removed {
+            Ok(Ok(())) => {
+                depot_store::repos::purged(&tx, &repo_id).await?;
+                tracing::info!(repo_id = %repo_id, "purged deleted repository's git data");
+            }
+            Ok(Err(e)) => tracing::warn!(repo_id = %repo_id, error = %e, "cannot purge git data"),
+            Err(e) => tracing::warn!(repo_id = %repo_id, error = %e, "purge task failed"),
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,448 @@
+//! One delivery: claim the sync, run it, write the outcome, ack.
+//!
+//! The ack comes only after the sync's new state is committed. Anything that
+//! goes wrong before that leaves the message unacked (nacked back to the
+//! queue) or the sync in a state the relay and sweeper repair: no path ends
+//! with a sync that stays queued or in progress for ever.
+
+use crate::Ctx;
+use crate::upstream;
+use depot_broker::{BasicAckOptions, BasicNackOptions, BasicRejectOptions, Delivery};
+use depot_contracts::sync_v1::SyncJob;
+use depot_domain::retry::backoff;
+use depot_domain::{Direction, Stats, SyncStatus};
+use depot_gitsync::{RunSpec, SyncError};
+use depot_store::StoreError;
+use depot_store::syncs::{Claim, Claimed};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// What to do with the delivery once processing ended.
+enum Disposition {
+    Ack,
+    /// Could not record anything (database or broker trouble): put the
+    /// message back for another try.
+    Requeue,
+}
+
+pub(crate) async fn handle_delivery(ctx: Arc<Ctx>, delivery: Delivery) {
+    let job = match depot_broker::decode_job(&delivery) {
+        Ok(job) => job,
+        Err(e) => {
+            // Poison: no retry can fix an undecodable message. Rejecting
+            // without requeue dead-letters it for inspection.
+            tracing::error!(error = %e, "undecodable job; dead-lettering it");
+            let _ = delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await;
+            return;
+        }
+    };
+    let span = tracing::info_span!(
+        "sync_run",
+        sync_id = %job.sync_id,
+        repo_id = %job.repo_id,
+        attempt = tracing::field::Empty,
+        direction = tracing::field::Empty,
+        status = tracing::field::Empty,
+        updated = tracing::field::Empty,
+        unchanged = tracing::field::Empty,
+        rejected = tracing::field::Empty,
+        filtered = tracing::field::Empty,
+    );
+    depot_telemetry::set_parent(&span, &job.trace_context);
+    let disposition = process(&ctx, &job).instrument(span).await;
+    let result = match disposition {
+        Disposition::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Disposition::Requeue => {
+            // A short pause so a database outage does not turn into a hot
+            // redelivery loop; the quorum queue's delivery limit bounds it.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await
+        }
+    };
+    if let Err(e) = result {
+        // The channel is gone: the broker redelivers the message, and the
+        // claim turns the duplicate into a no-op.
+        tracing::warn!(error = %e, "could not settle delivery");
+    }
+}
+
+async fn process(ctx: &Ctx, job: &SyncJob) -> Disposition {
+    let claim = async {
+        let mut client = ctx.pool.get().await?;
+        depot_store::syncs::claim(&mut client, &job.sync_id, ctx.lease()).await
+    };
+    let claim = match claim.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot claim sync");
+            return Disposition::Requeue;
+        }
+    };
+    match claim {
+        Claim::Gone => {
+            tracing::debug!("sync not queued; dropping duplicate or stale message");
+            Disposition::Ack
+        }
+        Claim::Busy => {
+            // One run per repository at a time: come back later without
+            // counting an attempt.
+            let delay = backoff(
+                ctx.settings.worker.retry_base_ms,
+                ctx.settings.worker.retry_base_ms * 4,
+                1,
+                rand::random(),
+            );
+            tracing::debug!(
+                delay_ms = delay.as_millis() as u64,
+                "repository busy; deferring"
+            );
+            defer(ctx, job, delay).await
+        }
+        Claim::NotYet(at) => {
+            let delay = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+            defer(ctx, job, delay).await
+        }
+        Claim::Claimed(claimed) => run_claimed(ctx, *claimed, job).await,
+    }
+}
+
+async fn defer(ctx: &Ctx, job: &SyncJob, delay: Duration) -> Disposition {
+    match ctx.broker.get() {
+        Some(b) => match b.publish_delayed(job, delay).await {
+            Ok(()) => Disposition::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot defer job");
+                ctx.broker.report_broken();
+                Disposition::Requeue
+            }
+        },
+        None => Disposition::Requeue,
+    }
+}
+
+/// The result of the git work, before it is written.
+enum RunOutcome {
+    Completed {
+        stats: Stats,
+        head: Option<Option<String>>,
+    },
+    Failed {
+        error: String,
+        stats: Option<Stats>,
+    },
+    Retry {
+        error: String,
+    },
+    /// Shutdown or lost lease: give the sync back without judging it.
+    Released,
+}
+
+async fn run_claimed(ctx: &Ctx, claimed: Claimed, job: &SyncJob) -> Disposition {
+    let sync = &claimed.sync;
+    let span = tracing::Span::current();
+    span.record("attempt", sync.attempt);
+    span.record("direction", sync.direction.as_str());
+    tracing::info!("sync run started");
+    let started = Instant::now();
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    let heartbeat = tokio::spawn(heartbeat(
+        ctx.pool.clone(),
+        sync.id.clone(),
+        sync.attempt,
+        ctx.lease(),
+        cancel.clone(),
+    ));
+    let stop_watch = {
+        let cancel = cancel.clone();
+        let hard_stop = ctx.hard_stop.clone();
+        tokio::spawn(async move {
+            hard_stop.cancelled().await;
+            cancel.store(true, Ordering::SeqCst);
+        })
+    };
+    let outcome = execute(ctx, &claimed, cancel.clone()).await;
+    heartbeat.abort();
+    stop_watch.abort();
+
+    let attempt = sync.attempt;
+    let max_attempts = i32::try_from(ctx.settings.worker.max_attempts).unwrap_or(i32::MAX);
+    let id = sync.id.as_str();
+    let written: Result<bool, StoreError> = match &outcome {
+        RunOutcome::Completed { stats, head } => {
+            retry_db(|| async {
+                let mut client = ctx.pool.get().await?;
+                let tx = client.transaction().await?;
+                let ok = depot_store::syncs::finish(
+                    &tx,
+                    id,
+                    attempt,
+                    SyncStatus::Completed,
+                    Some(stats),
+                    None,
+                )
+                .await?;
+                if ok {
+                    if let Some(head) = head {
+                        depot_store::repos::set_head(&tx, &sync.repo_id, head.as_deref()).await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(ok)
+            })
+            .await
+        }
+        RunOutcome::Failed { error, stats } => {
+            retry_db(|| async {
+                let client = ctx.pool.get().await?;
+                depot_store::syncs::finish(
+                    &client,
+                    id,
+                    attempt,
+                    SyncStatus::Failed,
+                    stats.as_ref(),
+                    Some(error),
+                )
+                .await
+            })
+            .await
+        }
+        RunOutcome::Retry { error } if attempt >= max_attempts => {
+            let error = format!("{error} (gave up after {attempt} attempts)");
+            retry_db(|| async {
+                let client = ctx.pool.get().await?;
+                depot_store::syncs::finish(
+                    &client,
+                    id,
+                    attempt,
+                    SyncStatus::Failed,
+                    None,
+                    Some(&error),
+                )
+                .await
+            })
+            .await
+        }
+        RunOutcome::Retry { .. } | RunOutcome::Released => {
+            let delay = match outcome {
+                RunOutcome::Released => Duration::ZERO,
+                _ => backoff(
+                    ctx.settings.worker.retry_base_ms,
+                    ctx.settings.worker.retry_max_ms,
+                    u32::try_from(attempt).unwrap_or(1),
+                    rand::random(),
+                ),
+            };
+            let requeued = retry_db(|| async {
+                let client = ctx.pool.get().await?;
+                depot_store::syncs::requeue(&client, id, attempt, delay).await
+            })
+            .await;
+            if let Ok(true) = requeued {
+                // Best effort: if this publish is lost, the relay re-publishes
+                // the queued sync once it is due.
+                if let Some(b) = ctx.broker.get() {
+                    let retry_job =
+                        depot_broker::job(id, &sync.repo_id, attempt, job.trace_context.clone());
+                    if let Err(e) = b.publish_delayed(&retry_job, delay).await {
+                        tracing::warn!(error = %e, "cannot schedule retry; the relay will");
+                    }
+                }
+            }
+            requeued
+        }
+    };
+    let span = tracing::Span::current();
+    match &outcome {
+        RunOutcome::Completed { stats, .. } => {
+            span.record("status", "completed");
+            span.record("updated", stats.count(depot_domain::Outcome::Updated));
+            span.record("unchanged", stats.count(depot_domain::Outcome::Unchanged));
+            span.record("rejected", stats.count(depot_domain::Outcome::Rejected));
+            span.record("filtered", stats.count(depot_domain::Outcome::Filtered));
+        }
+        RunOutcome::Failed { .. } => {
+            span.record("status", "failed");
+        }
+        RunOutcome::Retry { .. } if attempt >= max_attempts => {
+            span.record("status", "failed");
+        }
+        RunOutcome::Retry { .. } => {
+            span.record("status", "retry");
+        }
+        RunOutcome::Released => {
+            span.record("status", "released");
+        }
+    }
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match written {
+        Ok(true) => {
+            match &outcome {
+                RunOutcome::Failed { error, .. } | RunOutcome::Retry { error } => {
+                    tracing::info!(elapsed_ms, error = %error, "sync run ended")
+                }
+                _ => tracing::info!(elapsed_ms, "sync run ended"),
+            }
+            Disposition::Ack
+        }
+        Ok(false) => {
+            // Fenced out: the sweeper gave the sync to another run while this
+            // one was presumed dead. Its outcome is not ours to write.
+            tracing::warn!(elapsed_ms, "run lost its lease; outcome discarded");
+            Disposition::Ack
+        }
+        Err(e) => {
+            // The database stayed away. The sync is still in_progress under
+            // our lease; the sweeper returns it to queued once the lease runs
+            // out, so acking loses nothing and a requeue would only find it
+            // in progress.
+            tracing::error!(error = %e, "cannot record sync outcome; the lease sweeper will recover it");
+            Disposition::Ack
+        }
+    }
+}
+
+/// Retry a database write for a while: a Postgres restart should delay an
+/// outcome, not lose it.
+async fn retry_db<T, F, Fut>(mut f: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && Instant::now() + pause < deadline => {
+                tracing::warn!(error = %e, "database write failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn heartbeat(
+    pool: depot_store::Pool,
+    id: String,
+    attempt: i32,
+    lease: Duration,
+    cancel: Arc<AtomicBool>,
+) {
+    let every = (lease / 3).max(Duration::from_millis(200));
+    loop {
+        tokio::time::sleep(every).await;
+        let beat = async {
+            let client = pool.get().await?;
+            depot_store::syncs::heartbeat(&client, &id, attempt, lease).await
+        };
+        match beat.await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("lease lost; stopping the run");
+                cancel.store(true, Ordering::SeqCst);
+                return;
+            }
+            // Keep going: the database may come back before the lease ends.
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOutcome {
+    let sync = &claimed.sync;
+    let Some(upstream) = claimed.upstream.clone() else {
+        return RunOutcome::Failed {
+            error: "upstream_not_configured: the repository's upstream was removed".into(),
+            stats: None,
+        };
+    };
+    let credentials = match upstream::credentials(&ctx.credential_key, &upstream, &sync.repo_id) {
+        Ok(c) => c,
+        Err(error) => return RunOutcome::Failed { error, stats: None },
+    };
+    let matcher = match sync.ref_globs.compile() {
+        Ok(m) => m,
+        Err(e) => {
+            return RunOutcome::Failed {
+                error: format!("invalid_ref_globs: {e}"),
+                stats: None,
+            };
+        }
+    };
+    let policy = ctx.settings.upstream.clone();
+    let repo_path = ctx.repo_path(&claimed.org_id, &sync.repo_id);
+    let direction = sync.direction;
+    let sync_id = sync.id.clone();
+    let default_branch = claimed.default_bookmark.clone();
+    let deadline = Instant::now() + Duration::from_secs(ctx.settings.upstream.timeout_seconds);
+    let max_pack = ctx.settings.upstream.max_pack_bytes;
+    let span = tracing::Span::current();
+    let joined = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        if let Err(error) = upstream::check_url(&upstream.url, &policy) {
+            return RunOutcome::Failed { error, stats: None };
+        }
+        let spec = RunSpec {
+            repo_path: &repo_path,
+            url: &upstream.url,
+            credentials: credentials.as_ref(),
+            matcher: &matcher,
+            sync_id: &sync_id,
+            deadline,
+            cancel: Some(&cancel),
+            max_pack_bytes: Some(max_pack),
+        };
+        let result = match direction {
+            Direction::Pull => depot_gitsync::pull(&spec),
+            Direction::Push => depot_gitsync::push(&spec),
+        };
+        match result {
+            Ok(refs) => {
+                let head = match direction {
+                    // The gateway shows the default branch's tip from
+                    // Postgres; a pull may have moved it.
+                    Direction::Pull => Some(
+                        depot_gitsync::branch_tip(&repo_path, &default_branch)
+                            .ok()
+                            .flatten(),
+                    ),
+                    Direction::Push => None,
+                };
+                RunOutcome::Completed {
+                    stats: Stats::sorted(refs),
+                    head,
+                }
+            }
+            Err(SyncError::Cancelled) => RunOutcome::Released,
+            Err(e) if e.is_transient() => RunOutcome::Retry {
+                error: e.to_string(),
+            },
+            Err(e) => RunOutcome::Failed {
+                error: e.to_string(),
+                stats: None,
+            },
+        }
+    })
+    .await;
+    joined.unwrap_or_else(|e| RunOutcome::Retry {
+        error: format!(
+            "internal: sync task ended abnormally ({})",
+            if e.is_panic() { "panic" } else { "cancelled" }
+        ),
+    })
+}
