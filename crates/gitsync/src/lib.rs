@@ -1,0 +1,104 @@
+//! Git work of a sync run: pull (upstream -> hosted) and push (hosted ->
+//! upstream) over git smart HTTP with libgit2, fast-forward only, tags never
+//! move, per-ref outcomes as the public API reports them.
+//!
+//! Everything here is blocking; the worker runs it in `spawn_blocking`.
+//! Nothing the network or a repository can influence makes it panic: the
+//! entry points also catch panics raised inside git2's FFI callbacks (it
+//! unwraps non-UTF-8 strings there) and report them as an error.
+//!
+//! Process-wide side effect: the first `pull`/`push` sets libgit2's global
+//! socket timeouts (connect 30 s, read/write 60 s; see `net`).
+
+mod error;
+mod net;
+mod pull;
+mod push;
+mod repo;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use depot_domain::{RefMatcher, RefStat};
+
+pub use error::SyncError;
+
+/// How to authenticate to the upstream; handed to libgit2 only through its
+/// credential callback.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// `username` defaults to "x-access-token" (GitHub's convention; GitLab
+    /// accepts any name with a token).
+    Token {
+        token: String,
+        username: Option<String>,
+    },
+    UsernamePassword {
+        username: String,
+        password: String,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Token { .. } => f.write_str("Credentials::Token(<redacted>)"),
+            Credentials::UsernamePassword { .. } => {
+                f.write_str("Credentials::UsernamePassword(<redacted>)")
+            }
+        }
+    }
+}
+
+/// One run's inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct RunSpec<'a> {
+    /// Hosted bare repository; `pull` creates it when missing.
+    pub repo_path: &'a Path,
+    /// Upstream URL, http(s) only, without userinfo; the caller has checked
+    /// the upstream policy.
+    pub url: &'a str,
+    pub credentials: Option<&'a Credentials>,
+    pub matcher: &'a RefMatcher,
+    /// Names the quarantine namespace `refs/depot/incoming/<sync_id>/`;
+    /// ASCII letters, digits, `-` and `_` only.
+    pub sync_id: &'a str,
+    /// Wall-clock cap; network work stops once it has passed
+    /// (`Transient("timeout")`).
+    pub deadline: Instant,
+    /// Raised on shutdown: stop as soon as possible (`SyncError::Cancelled`).
+    pub cancel: Option<&'a AtomicBool>,
+    /// A fetch receiving more than this fails with `Permanent("pack_too_large")`.
+    pub max_pack_bytes: Option<u64>,
+}
+
+/// upstream -> hosted. One entry per matched upstream ref, unsorted.
+pub fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
+    no_panic(|| pull::pull(spec))
+}
+
+/// hosted -> upstream. One entry per matched hosted ref, unsorted. A missing
+/// hosted repository has no refs: `Ok(vec![])`.
+pub fn push(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
+    no_panic(|| push::push(spec))
+}
+
+/// Create the hosted bare repository if it does not exist.
+pub fn ensure_repo(path: &Path) -> Result<(), SyncError> {
+    no_panic(|| repo::ensure_repo(path))
+}
+
+/// Commit id of `refs/heads/<branch>`; `None` if the repository or the
+/// branch is absent (or the branch is not at a commit).
+pub fn branch_tip(path: &Path, branch: &str) -> Result<Option<String>, SyncError> {
+    no_panic(|| repo::branch_tip(path, branch))
+}
+
+fn no_panic<T>(f: impl FnOnce() -> Result<T, SyncError>) -> Result<T, SyncError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        tracing::error!("panic in git operation");
+        Err(SyncError::Permanent("internal_error".into()))
+    })
+}

@@ -1,0 +1,355 @@
+//! Everything that talks to the upstream: callbacks (credentials, deadline,
+//! cancellation, pack cap), option sets, and listing the remote's refs.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Once;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use depot_domain::RefKind;
+use git2::{
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, ErrorClass, ErrorCode,
+    FetchOptions, FetchPrune, Oid, RemoteCallbacks, RemoteRedirect, Repository,
+};
+
+use crate::error::{
+    AUTHENTICATION_FAILED, INVALID_URL, PACK_TOO_LARGE, SyncError, TIMEOUT, classify,
+};
+use crate::{Credentials, RunSpec};
+
+/// libgit2's socket connect timeout. Without it a black-holed upstream keeps
+/// a blocking worker thread in `connect()` for the kernel's default (minutes),
+/// out of reach of the run's deadline, which only callbacks can enforce.
+pub(crate) const CONNECT_TIMEOUT_MS: i32 = 30_000;
+/// libgit2's per-read/write socket timeout: a stalled upstream otherwise
+/// blocks in `recv()` forever. Generous because a server may legitimately
+/// think for a while before the first pack byte (it normally sends sideband
+/// keep-alives meanwhile).
+pub(crate) const IO_TIMEOUT_MS: i32 = 60_000;
+
+/// Set libgit2's process-global socket timeouts, once, before this crate's
+/// first network operation.
+#[allow(unsafe_code)]
+pub(crate) fn init_timeouts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: these write two plain C ints that libgit2 reads only when it
+        // opens a socket stream. git2 marks the setters unsafe because the
+        // write is unsynchronised. Every network operation of this process
+        // goes through this crate, and each one first passes this `Once`,
+        // which orders the write before all of them; no other thread reads
+        // the values concurrently with the write.
+        unsafe {
+            if let Err(e) =
+                git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS)
+            {
+                tracing::warn!(error = %e.message(), "could not set libgit2 connect timeout");
+            }
+            if let Err(e) = git2::opts::set_server_timeout_in_milliseconds(IO_TIMEOUT_MS) {
+                tracing::warn!(error = %e.message(), "could not set libgit2 socket timeout");
+            }
+        }
+    });
+}
+
+/// Refuse anything but plain http(s) URLs without userinfo. The caller has
+/// applied the upstream policy already; this keeps libgit2 away from
+/// `file://`, `ssh`, `ext::` and URL-embedded credentials even if it did not.
+pub(crate) fn check_url(raw: &str) -> Result<(), SyncError> {
+    let url = url::Url::parse(raw).map_err(|_| SyncError::permanent(INVALID_URL))?;
+    let scheme_ok = matches!(url.scheme(), "http" | "https");
+    let no_userinfo = url.username().is_empty() && url.password().is_none();
+    if scheme_ok && no_userinfo && url.host_str().is_some_and(|h| !h.is_empty()) {
+        Ok(())
+    } else {
+        Err(SyncError::permanent(INVALID_URL))
+    }
+}
+
+/// Why a callback stopped libgit2; libgit2 itself only reports "user
+/// cancelled", so the reason is kept here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Abort {
+    Cancelled,
+    Timeout,
+    PackTooLarge,
+    ConcurrentUpdate,
+}
+
+impl From<Abort> for SyncError {
+    fn from(a: Abort) -> Self {
+        match a {
+            Abort::Cancelled => SyncError::Cancelled,
+            Abort::Timeout => SyncError::transient(TIMEOUT),
+            Abort::PackTooLarge => SyncError::permanent(PACK_TOO_LARGE),
+            Abort::ConcurrentUpdate => SyncError::transient(crate::error::CONCURRENT_UPDATE),
+        }
+    }
+}
+
+/// Per-run state shared by all callbacks of the run.
+pub(crate) struct Guard<'a> {
+    deadline: Instant,
+    cancel: Option<&'a std::sync::atomic::AtomicBool>,
+    credentials: Option<&'a Credentials>,
+    max_pack_bytes: Option<u64>,
+    aborted: Cell<Option<Abort>>,
+}
+
+impl<'a> Guard<'a> {
+    pub(crate) fn new(spec: &RunSpec<'a>) -> Self {
+        Guard {
+            deadline: spec.deadline,
+            cancel: spec.cancel,
+            credentials: spec.credentials,
+            max_pack_bytes: spec.max_pack_bytes,
+            aborted: Cell::new(None),
+        }
+    }
+
+    fn pending(&self) -> Option<Abort> {
+        if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            Some(Abort::Cancelled)
+        } else if Instant::now() >= self.deadline {
+            Some(Abort::Timeout)
+        } else {
+            None
+        }
+    }
+
+    /// Between steps: stop if cancelled or past the deadline.
+    pub(crate) fn check(&self) -> Result<(), SyncError> {
+        match self.pending() {
+            Some(a) => Err(a.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Inside callbacks: record why we stop, return true to stop.
+    pub(crate) fn trip(&self) -> bool {
+        if self.aborted.get().is_some() {
+            return true;
+        }
+        match self.pending() {
+            Some(a) => {
+                self.aborted.set(Some(a));
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn abort(&self, why: Abort) {
+        if self.aborted.get().is_none() {
+            self.aborted.set(Some(why));
+        }
+    }
+
+    /// The error to report for a failed libgit2 network call: our own abort
+    /// reason if a callback stopped it; cancellation or the deadline if they
+    /// hit meanwhile (whatever libgit2 then said is a consequence); else the
+    /// classified libgit2 error.
+    pub(crate) fn error_from(&self, err: &git2::Error) -> SyncError {
+        if let Some(a) = self.aborted.get().or_else(|| self.pending()) {
+            return a.into();
+        }
+        classify(err)
+    }
+
+    /// Callbacks for one connection. The credential answer is one-shot per
+    /// set of callbacks: libgit2 asks again after every 401, so a second
+    /// question means the answer was refused.
+    pub(crate) fn callbacks<'g>(&'g self) -> RemoteCallbacks<'g> {
+        let mut cbs = RemoteCallbacks::new();
+        let mut answered = false;
+        cbs.credentials(move |_url, _username_from_url, allowed| {
+            if self.trip() {
+                return Err(callback_error("aborted"));
+            }
+            let creds = match self.credentials {
+                Some(c) if !answered => c,
+                _ => return Err(auth_error()),
+            };
+            answered = true;
+            if !allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+                return Err(auth_error());
+            }
+            let (user, pass) = match creds {
+                Credentials::Token { token, username } => (
+                    username.as_deref().unwrap_or(DEFAULT_TOKEN_USERNAME),
+                    token.as_str(),
+                ),
+                Credentials::UsernamePassword { username, password } => {
+                    (username.as_str(), password.as_str())
+                }
+            };
+            // Only fails on NUL bytes; its message says nothing about them.
+            Cred::userpass_plaintext(user, pass).map_err(|_| auth_error())
+        });
+        cbs.certificate_check(move |_cert, _host| {
+            if self.trip() {
+                Err(callback_error("aborted"))
+            } else {
+                Ok(CertificateCheckStatus::CertificatePassthrough)
+            }
+        });
+        cbs.sideband_progress(move |_| !self.trip());
+        let max = self.max_pack_bytes;
+        cbs.transfer_progress(move |p| {
+            if self.trip() {
+                return false;
+            }
+            if max.is_some_and(|m| p.received_bytes() as u64 > m) {
+                self.abort(Abort::PackTooLarge);
+                return false;
+            }
+            true
+        });
+        cbs
+    }
+
+    pub(crate) fn fetch_options<'g>(&'g self) -> FetchOptions<'g> {
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(self.callbacks())
+            .follow_redirects(RemoteRedirect::None)
+            .download_tags(AutotagOption::None)
+            .prune(FetchPrune::Off)
+            .update_fetchhead(false);
+        opts
+    }
+}
+
+/// GitHub's convention for tokens; GitLab and most others accept any name.
+pub(crate) const DEFAULT_TOKEN_USERNAME: &str = "x-access-token";
+
+fn auth_error() -> git2::Error {
+    git2::Error::new(ErrorCode::Auth, ErrorClass::Callback, AUTHENTICATION_FAILED)
+}
+
+fn callback_error(msg: &str) -> git2::Error {
+    git2::Error::new(ErrorCode::User, ErrorClass::Callback, msg)
+}
+
+/// One advertised ref under refs/heads/ or refs/tags/.
+#[derive(Debug, Clone)]
+pub(crate) struct Advertised {
+    pub oid: Oid,
+    pub symbolic: bool,
+}
+
+/// Connect in fetch direction and return the advertised branch and tag refs
+/// (peeled `^{}` entries, HEAD and other namespaces dropped), leaving `remote`
+/// connected so a following `fetch` on it reuses this advertisement.
+///
+/// The connection is made through `download` with `FetchOptions` rather
+/// than `Remote::connect_auth`: the latter has no redirect setting, so
+/// libgit2 would follow an off-site redirect of the very first request
+/// (its default), which the upstream policy forbids. The probe refspec names
+/// a ref no server advertises, so nothing is negotiated or downloaded.
+pub(crate) fn list_remote(
+    remote: &mut git2::Remote<'_>,
+    opts: &mut FetchOptions<'_>,
+    guard: &Guard<'_>,
+) -> Result<BTreeMap<String, Advertised>, SyncError> {
+    guard.check()?;
+    remote
+        .download(&[PROBE_REFSPEC], Some(opts))
+        .map_err(|e| guard.error_from(&e))?;
+    let heads = remote.list().map_err(|e| guard.error_from(&e))?;
+    let mut out = BTreeMap::new();
+    for head in heads {
+        // git2 unwraps these as UTF-8; a hostile server can advertise other
+        // bytes. Such a name cannot be reported (JSON) nor matched: skip it.
+        let Ok((name, symbolic)) = catch_unwind(AssertUnwindSafe(|| {
+            (head.name().to_owned(), head.symref_target().is_some())
+        })) else {
+            tracing::warn!("skipping an advertised ref whose name is not UTF-8");
+            continue;
+        };
+        if name.ends_with("^{}") || RefKind::split(&name).is_none() {
+            continue;
+        }
+        out.entry(name).or_insert(Advertised {
+            oid: head.oid(),
+            symbolic,
+        });
+    }
+    Ok(out)
+}
+
+const PROBE_REFSPEC: &str = "refs/depot/probe/list-only";
+
+/// `Reference::is_valid_name` panics on NUL; such a name is not valid anyway.
+pub(crate) fn is_valid_ref_name(name: &str) -> bool {
+    !name.contains('\0') && git2::Reference::is_valid_name(name)
+}
+
+/// Open the hosted repository exactly at `path`, no discovery upwards.
+pub(crate) fn open_existing(path: &std::path::Path) -> Result<Option<Repository>, SyncError> {
+    match Repository::open_bare(path) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+        Err(e) => Err(classify(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert!(check_url("https://example.com/a/b.git").is_ok());
+        assert!(check_url("http://127.0.0.1:8080/r.git").is_ok());
+        for bad in [
+            "file:///etc",
+            "ssh://git@example.com/x",
+            "ext::sh -c touch% /tmp/pwned",
+            "https://user:pw@example.com/x",
+            "https://token@example.com/x",
+            "/local/path",
+            "not a url",
+        ] {
+            assert_eq!(
+                check_url(bad),
+                Err(SyncError::Permanent("invalid_url".into())),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn ref_names() {
+        assert!(is_valid_ref_name("refs/heads/main"));
+        assert!(!is_valid_ref_name("refs/heads/a..b"));
+        assert!(!is_valid_ref_name("refs/heads/x\0y"));
+        assert!(!is_valid_ref_name("refs/heads/x.lock"));
+    }
+
+    #[test]
+    fn guard_reports_cancel_before_deadline() {
+        let flag = std::sync::atomic::AtomicBool::new(false);
+        let matcher = depot_domain::RefGlobs::all().compile().unwrap();
+        let path = std::path::Path::new("/nonexistent");
+        let spec = RunSpec {
+            repo_path: path,
+            url: "https://example.com/x.git",
+            credentials: None,
+            matcher: &matcher,
+            sync_id: "s",
+            deadline: Instant::now() - std::time::Duration::from_secs(1),
+            cancel: Some(&flag),
+            max_pack_bytes: None,
+        };
+        let g = Guard::new(&spec);
+        assert_eq!(g.check(), Err(SyncError::Transient("timeout".into())));
+        flag.store(true, Ordering::Relaxed);
+        assert_eq!(g.check(), Err(SyncError::Cancelled));
+        assert!(g.trip());
+        let e = git2::Error::from_str("whatever");
+        assert_eq!(g.error_from(&e), SyncError::Cancelled);
+    }
+}

@@ -1,0 +1,727 @@
+//! pull and push against a real git smart-HTTP server on loopback
+//! (`git http-backend` via depot-testkit).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use depot_domain::{Outcome, RefGlobs, RefMatcher, RefStat};
+use depot_gitsync::{Credentials, RunSpec, SyncError, branch_tip, ensure_repo, pull, push};
+use depot_testkit::fixture::{
+    WorkRepo, git_command, init_bare, list_refs, refuse_refs_hook, rev_parse,
+};
+use depot_testkit::{GitHttpServer, GitServerOptions};
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    server: GitHttpServer,
+    work: WorkRepo,
+    /// Bare repository the server serves as `up.git`.
+    upstream: PathBuf,
+    /// Our hosted repository (absent until a pull or `init_bare`).
+    hosted: PathBuf,
+    url: String,
+}
+
+fn env_with(auth: Option<(&str, &str)>) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let upstream = root.join("up.git");
+    init_bare(&upstream).unwrap();
+    let server = GitHttpServer::start(GitServerOptions {
+        root,
+        basic_auth: auth.map(|(u, p)| (u.to_owned(), p.to_owned())),
+        listen: None,
+    })
+    .unwrap();
+    let work = WorkRepo::new(&tmp.path().join("work")).unwrap();
+    let hosted = tmp.path().join("hosted").join("org").join("repo.git");
+    let url = server.repo_url("up");
+    Env {
+        _tmp: tmp,
+        server,
+        work,
+        upstream,
+        hosted,
+        url,
+    }
+}
+
+fn env() -> Env {
+    env_with(None)
+}
+
+fn all() -> RefMatcher {
+    RefGlobs::all().compile().unwrap()
+}
+
+fn globs(branches: &str, tags: &str) -> RefMatcher {
+    RefGlobs {
+        branches: branches.into(),
+        tags: tags.into(),
+    }
+    .compile()
+    .unwrap()
+}
+
+fn spec<'a>(e: &'a Env, matcher: &'a RefMatcher) -> RunSpec<'a> {
+    RunSpec {
+        repo_path: &e.hosted,
+        url: &e.url,
+        credentials: None,
+        matcher,
+        sync_id: "0192f0c4-7a7b-7cc2-9a0e-2b8e2d1f0a11",
+        deadline: Instant::now() + Duration::from_secs(120),
+        cancel: None,
+        max_pack_bytes: None,
+    }
+}
+
+/// Branches and tags of a repository, by name.
+fn refs_of(repo: &Path) -> BTreeMap<String, String> {
+    list_refs(repo)
+        .unwrap()
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("refs/heads/") || n.starts_with("refs/tags/"))
+        .collect()
+}
+
+fn all_ref_names(repo: &Path) -> Vec<String> {
+    list_refs(repo)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
+}
+
+fn by_name(stats: Vec<RefStat>) -> BTreeMap<String, RefStat> {
+    let mut out = BTreeMap::new();
+    for s in stats {
+        assert!(out.insert(s.name.clone(), s).is_none(), "duplicate entry");
+    }
+    out
+}
+
+/// `git push --force <bare> <refspec>` from the work repo, by path.
+fn force_push(work: &WorkRepo, bare: &Path, refspec: &str) {
+    let status = git_command()
+        .arg("-C")
+        .arg(work.path())
+        .args(["push", "-q", "--force"])
+        .arg(bare)
+        .arg(refspec)
+        .status()
+        .unwrap();
+    assert!(status.success(), "git push {refspec}");
+}
+
+fn has_object(repo: &Path, id: &str) -> bool {
+    let repo = git2::Repository::open_bare(repo).unwrap();
+    repo.odb().unwrap().exists(git2::Oid::from_str(id).unwrap())
+}
+
+fn assert_stat(
+    s: &RefStat,
+    before: Option<&str>,
+    after: &str,
+    outcome: Outcome,
+    reason: Option<&str>,
+) {
+    assert_eq!(s.before.as_deref(), before, "before of {}", s.name);
+    assert_eq!(s.after, after, "after of {}", s.name);
+    assert_eq!(s.outcome, outcome, "outcome of {}", s.name);
+    assert_eq!(s.reason.as_deref(), reason, "reason of {}", s.name);
+}
+
+/// main, a nested branch, a lightweight and an annotated tag.
+fn seed_upstream(e: &Env) -> (String, String) {
+    let c1 = e.work.commit("main", "one").unwrap();
+    let c2 = e.work.commit("release/1.0/hotfix", "two").unwrap();
+    e.work.tag("v1.0", &c1, false).unwrap();
+    e.work.tag("v2.0", &c2, true).unwrap();
+    e.work.push_all_to(&e.upstream).unwrap();
+    (c1, c2)
+}
+
+// ---------------------------------------------------------------- pull
+
+#[test]
+fn pull_into_empty_then_again() {
+    let e = env();
+    seed_upstream(&e);
+    let m = all();
+
+    let stats = by_name(pull(&spec(&e, &m)).unwrap());
+    let upstream = refs_of(&e.upstream);
+    assert_eq!(upstream.len(), 4);
+    assert_eq!(
+        stats.keys().collect::<Vec<_>>(),
+        upstream.keys().collect::<Vec<_>>()
+    );
+    for (name, id) in &upstream {
+        assert_stat(&stats[name], None, id, Outcome::Updated, None);
+    }
+    // Annotated tags keep their tag object id.
+    assert_eq!(
+        upstream["refs/tags/v2.0"],
+        rev_parse(&e.upstream, "refs/tags/v2.0").unwrap()
+    );
+    assert_ne!(
+        upstream["refs/tags/v2.0"],
+        rev_parse(&e.upstream, "v2.0^{commit}").unwrap()
+    );
+    assert_eq!(refs_of(&e.hosted), upstream);
+    // Quarantine is gone and only branches and tags exist.
+    assert_eq!(
+        all_ref_names(&e.hosted),
+        upstream.keys().cloned().collect::<Vec<_>>()
+    );
+
+    let again = by_name(pull(&spec(&e, &m)).unwrap());
+    assert_eq!(again.len(), 4);
+    for (name, id) in &upstream {
+        assert_stat(&again[name], Some(id), id, Outcome::Unchanged, None);
+    }
+    assert_eq!(refs_of(&e.hosted), upstream);
+    assert_eq!(
+        branch_tip(&e.hosted, "main").unwrap().as_deref(),
+        Some(upstream["refs/heads/main"].as_str())
+    );
+    assert_eq!(branch_tip(&e.hosted, "nope").unwrap(), None);
+}
+
+#[test]
+fn pull_fast_forwards_and_never_deletes() {
+    let e = env();
+    let (c1, _) = seed_upstream(&e);
+    let m = all();
+    pull(&spec(&e, &m)).unwrap();
+
+    let c3 = e.work.commit("main", "three").unwrap();
+    force_push(&e.work, &e.upstream, "refs/heads/main:refs/heads/main");
+    force_push(&e.work, &e.upstream, ":refs/heads/release/1.0/hotfix");
+    let hotfix = rev_parse(&e.hosted, "refs/heads/release/1.0/hotfix").unwrap();
+    // Left behind by a crashed earlier attempt of the same sync.
+    let stale = format!("refs/depot/incoming/{}/heads/stale", spec(&e, &m).sync_id);
+    git2::Repository::open_bare(&e.hosted)
+        .unwrap()
+        .reference(&stale, git2::Oid::from_str(&c1).unwrap(), false, "test")
+        .unwrap();
+
+    let stats = by_name(pull(&spec(&e, &m)).unwrap());
+    assert_stat(
+        &stats["refs/heads/main"],
+        Some(&c1),
+        &c3,
+        Outcome::Updated,
+        None,
+    );
+    assert!(!stats.contains_key("refs/heads/release/1.0/hotfix"));
+    assert_eq!(stats.len(), 3);
+    assert_eq!(rev_parse(&e.hosted, "refs/heads/main").unwrap(), c3);
+    assert_eq!(
+        rev_parse(&e.hosted, "refs/heads/release/1.0/hotfix").unwrap(),
+        hotfix
+    );
+    assert!(
+        !all_ref_names(&e.hosted)
+            .iter()
+            .any(|n| n.starts_with("refs/depot/"))
+    );
+}
+
+#[test]
+fn pull_rejects_diverged_branch_and_moved_tag() {
+    let e = env();
+    let (c1, c2) = seed_upstream(&e);
+    let m = all();
+    pull(&spec(&e, &m)).unwrap();
+
+    // Hosted main gets a commit upstream never sees; upstream main moves
+    // elsewhere; upstream's v1.0 moves.
+    let hosted_only = e
+        .work
+        .commit_on("hosted-only", Some(&c1), "hosted")
+        .unwrap();
+    force_push(
+        &e.work,
+        &e.hosted,
+        &format!("{hosted_only}:refs/heads/main"),
+    );
+    let up = e.work.commit("main", "upstream").unwrap();
+    force_push(&e.work, &e.upstream, "refs/heads/main:refs/heads/main");
+    e.work.tag("v1.0", &c2, false).unwrap();
+    force_push(&e.work, &e.upstream, "refs/tags/v1.0:refs/tags/v1.0");
+
+    let stats = by_name(pull(&spec(&e, &m)).unwrap());
+    assert_stat(
+        &stats["refs/heads/main"],
+        Some(&hosted_only),
+        &up,
+        Outcome::Rejected,
+        Some("non_fast_forward"),
+    );
+    assert_stat(
+        &stats["refs/tags/v1.0"],
+        Some(&c1),
+        &c2,
+        Outcome::Rejected,
+        Some("tag_exists"),
+    );
+    assert_eq!(
+        stats["refs/heads/release/1.0/hotfix"].outcome,
+        Outcome::Unchanged
+    );
+    assert_eq!(
+        rev_parse(&e.hosted, "refs/heads/main").unwrap(),
+        hosted_only
+    );
+    assert_eq!(rev_parse(&e.hosted, "refs/tags/v1.0").unwrap(), c1);
+    assert!(
+        !all_ref_names(&e.hosted)
+            .iter()
+            .any(|n| n.starts_with("refs/depot/"))
+    );
+}
+
+#[test]
+fn pull_globs_filter_what_is_reported_and_fetched() {
+    let e = env();
+    let main = e.work.commit("main", "base").unwrap();
+    let hotfix = e
+        .work
+        .commit_on("release/1.0/hotfix", Some(&main), "hotfix")
+        .unwrap();
+    let feature = e
+        .work
+        .commit_on("feature/release/x", Some(&main), "feature")
+        .unwrap();
+    let tagged = e.work.commit_on("tagbase", Some(&main), "tagged").unwrap();
+    e.work.tag("v1.0", &main, false).unwrap();
+    e.work.tag("v2.0", &tagged, true).unwrap();
+    e.work.push_all_to(&e.upstream).unwrap();
+
+    let m = globs("main, release/*", "v1.*");
+    let stats = by_name(pull(&spec(&e, &m)).unwrap());
+    let names: Vec<&str> = stats.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "refs/heads/main",
+            "refs/heads/release/1.0/hotfix",
+            "refs/tags/v1.0"
+        ]
+    );
+    assert!(stats.values().all(|s| s.outcome == Outcome::Updated));
+    assert_eq!(
+        all_ref_names(&e.hosted),
+        [
+            "refs/heads/main",
+            "refs/heads/release/1.0/hotfix",
+            "refs/tags/v1.0"
+        ]
+    );
+    assert!(has_object(&e.hosted, &hotfix));
+    // Objects of unmatched refs never arrived.
+    assert!(!has_object(&e.hosted, &feature));
+    assert!(!has_object(&e.hosted, &tagged));
+    assert!(!has_object(
+        &e.hosted,
+        &rev_parse(&e.upstream, "refs/tags/v2.0").unwrap()
+    ));
+
+    // A glob that matches nothing: nothing reported, nothing fetched.
+    let none = globs("", "nope*");
+    assert_eq!(pull(&spec(&e, &none)).unwrap(), vec![]);
+}
+
+#[test]
+fn pull_filters_branch_at_non_commit() {
+    let e = env();
+    seed_upstream(&e);
+    let blob = {
+        let up = git2::Repository::open_bare(&e.upstream).unwrap();
+        let blob = up.blob(b"not a commit\n").unwrap();
+        up.reference("refs/heads/blobby", blob, false, "test")
+            .unwrap();
+        blob.to_string()
+    };
+    let stats = by_name(pull(&spec(&e, &all())).unwrap());
+    assert_stat(
+        &stats["refs/heads/blobby"],
+        None,
+        &blob,
+        Outcome::Filtered,
+        Some("not_a_commit"),
+    );
+    assert_eq!(stats["refs/heads/main"].outcome, Outcome::Updated);
+    assert!(!all_ref_names(&e.hosted).contains(&"refs/heads/blobby".to_string()));
+}
+
+#[test]
+fn pull_pack_limit_fails_and_cleans_quarantine() {
+    let e = env();
+    seed_upstream(&e);
+    let m = all();
+    let mut s = spec(&e, &m);
+    s.max_pack_bytes = Some(1);
+    assert_eq!(pull(&s), Err(SyncError::Permanent("pack_too_large".into())));
+    // The repository was created, nothing landed, no quarantine left.
+    assert_eq!(all_ref_names(&e.hosted), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------- push
+
+/// Hosted repo with main, a nested branch and two tags.
+fn seed_hosted(e: &Env) -> (String, String) {
+    init_bare(&e.hosted).unwrap();
+    let c1 = e.work.commit("main", "one").unwrap();
+    let c2 = e.work.commit("release/1.0/hotfix", "two").unwrap();
+    e.work.tag("v1.0", &c1, false).unwrap();
+    e.work.tag("v2.0", &c2, true).unwrap();
+    e.work.push_all_to(&e.hosted).unwrap();
+    (c1, c2)
+}
+
+#[test]
+fn push_into_empty_then_fast_forward() {
+    let e = env();
+    let (c1, _) = seed_hosted(&e);
+    {
+        let hosted = git2::Repository::open_bare(&e.hosted).unwrap();
+        hosted
+            .reference_symbolic("refs/heads/alias", "refs/heads/main", false, "test")
+            .unwrap();
+    }
+    let m = all();
+
+    let stats = by_name(push(&spec(&e, &m)).unwrap());
+    let hosted = refs_of(&e.hosted);
+    assert_stat(
+        &stats["refs/heads/alias"],
+        None,
+        &c1,
+        Outcome::Filtered,
+        Some("symbolic_ref"),
+    );
+    for (name, id) in &hosted {
+        assert_stat(&stats[name], None, id, Outcome::Updated, None);
+    }
+    assert_eq!(stats.len(), hosted.len() + 1);
+    assert_eq!(refs_of(&e.upstream), hosted);
+
+    let c3 = e.work.commit("main", "three").unwrap();
+    force_push(&e.work, &e.hosted, "refs/heads/main:refs/heads/main");
+    let stats = by_name(push(&spec(&e, &m)).unwrap());
+    assert_stat(
+        &stats["refs/heads/main"],
+        Some(&c1),
+        &c3,
+        Outcome::Updated,
+        None,
+    );
+    assert_eq!(
+        stats["refs/heads/release/1.0/hotfix"].outcome,
+        Outcome::Unchanged
+    );
+    assert_eq!(stats["refs/tags/v2.0"].outcome, Outcome::Unchanged);
+    assert_eq!(rev_parse(&e.upstream, "refs/heads/main").unwrap(), c3);
+    assert_eq!(refs_of(&e.upstream), refs_of(&e.hosted));
+}
+
+#[test]
+fn push_rejects_diverged_upstream_and_moved_tag() {
+    let e = env();
+    let (c1, c2) = seed_hosted(&e);
+    let m = all();
+    push(&spec(&e, &m)).unwrap();
+
+    let upstream_only = e
+        .work
+        .commit_on("upstream-only", Some(&c1), "theirs")
+        .unwrap();
+    force_push(
+        &e.work,
+        &e.upstream,
+        &format!("{upstream_only}:refs/heads/main"),
+    );
+    let ours = e.work.commit("main", "ours").unwrap();
+    force_push(&e.work, &e.hosted, "refs/heads/main:refs/heads/main");
+    e.work.tag("v1.0", &c2, false).unwrap();
+    force_push(&e.work, &e.hosted, "refs/tags/v1.0:refs/tags/v1.0");
+
+    let stats = by_name(push(&spec(&e, &m)).unwrap());
+    assert_stat(
+        &stats["refs/heads/main"],
+        Some(&upstream_only),
+        &ours,
+        Outcome::Rejected,
+        Some("non_fast_forward"),
+    );
+    assert_stat(
+        &stats["refs/tags/v1.0"],
+        Some(&c1),
+        &c2,
+        Outcome::Rejected,
+        Some("tag_exists"),
+    );
+    assert_eq!(
+        rev_parse(&e.upstream, "refs/heads/main").unwrap(),
+        upstream_only
+    );
+    assert_eq!(rev_parse(&e.upstream, "refs/tags/v1.0").unwrap(), c1);
+}
+
+#[test]
+fn push_reports_remote_refusal_per_ref() {
+    let e = env();
+    init_bare(&e.hosted).unwrap();
+    let main = e.work.commit("main", "one").unwrap();
+    let protected = e.work.commit_on("protected", Some(&main), "two").unwrap();
+    e.work.push_all_to(&e.hosted).unwrap();
+    refuse_refs_hook(&e.upstream, &["refs/heads/protected"]).unwrap();
+
+    let stats = by_name(push(&spec(&e, &all())).unwrap());
+    assert_stat(
+        &stats["refs/heads/main"],
+        None,
+        &main,
+        Outcome::Updated,
+        None,
+    );
+    let refused = &stats["refs/heads/protected"];
+    assert_eq!(refused.outcome, Outcome::Rejected);
+    assert_eq!(refused.after, protected);
+    assert_eq!(refused.before, None);
+    // receive-pack's words for a refusing `update` hook.
+    assert_eq!(
+        refused.reason.as_deref(),
+        Some("remote_rejected: hook declined")
+    );
+    assert_eq!(
+        refs_of(&e.upstream).into_iter().collect::<Vec<_>>(),
+        [("refs/heads/main".to_string(), main)]
+    );
+}
+
+#[test]
+fn push_without_hosted_repo_or_matches_is_a_no_op() {
+    let e = env();
+    let before = e.server.request_count();
+    assert_eq!(push(&spec(&e, &all())).unwrap(), vec![]);
+    seed_hosted(&e);
+    assert_eq!(push(&spec(&e, &globs("nope", ""))).unwrap(), vec![]);
+    assert_eq!(e.server.request_count(), before);
+    assert!(refs_of(&e.upstream).is_empty());
+}
+
+// ---------------------------------------------------------------- auth
+
+#[test]
+fn basic_auth_right_and_wrong() {
+    let e = env_with(Some(("alice", "s3cret-pw")));
+    seed_upstream(&e);
+    let m = all();
+
+    let good = Credentials::UsernamePassword {
+        username: "alice".into(),
+        password: "s3cret-pw".into(),
+    };
+    let mut s = spec(&e, &m);
+    s.credentials = Some(&good);
+    let stats = pull(&s).unwrap();
+    assert_eq!(stats.len(), 4);
+    assert_eq!(refs_of(&e.hosted), refs_of(&e.upstream));
+
+    let token = Credentials::Token {
+        token: "s3cret-pw".into(),
+        username: Some("alice".into()),
+    };
+    s.credentials = Some(&token);
+    assert!(
+        pull(&s)
+            .unwrap()
+            .iter()
+            .all(|r| r.outcome == Outcome::Unchanged)
+    );
+    let c3 = e.work.commit("main", "three").unwrap();
+    force_push(&e.work, &e.hosted, "refs/heads/main:refs/heads/main");
+    let pushed = by_name(push(&s).unwrap());
+    assert_eq!(pushed["refs/heads/main"].outcome, Outcome::Updated);
+    assert_eq!(rev_parse(&e.upstream, "refs/heads/main").unwrap(), c3);
+
+    let bad = Credentials::UsernamePassword {
+        username: "alice".into(),
+        password: "wrong-pw-XYZ".into(),
+    };
+    for run in [pull, push] {
+        s.credentials = Some(&bad);
+        let before = e.server.request_count();
+        let started = Instant::now();
+        let err = run(&s).unwrap_err();
+        assert_eq!(err, SyncError::Permanent("authentication_failed".into()));
+        let text = format!("{err} {err:?}");
+        assert!(
+            !text.contains("alice") && !text.contains("wrong-pw"),
+            "{text}"
+        );
+        let requests = e.server.request_count() - before;
+        // One 401 without credentials, one with the wrong ones, then stop.
+        assert_eq!(requests, 2);
+        assert!(started.elapsed() < Duration::from_secs(30));
+
+        s.credentials = None;
+        let before = e.server.request_count();
+        assert_eq!(
+            run(&s),
+            Err(SyncError::Permanent("authentication_failed".into()))
+        );
+        assert!(e.server.request_count() - before <= 2);
+    }
+}
+
+// ---------------------------------------------------------------- failures
+
+#[test]
+fn server_errors_are_classified() {
+    let e = env();
+    seed_upstream(&e);
+    seed_hosted_by_pull(&e);
+    let m = all();
+
+    e.server.set_fault(Some(503));
+    let err = pull(&spec(&e, &m)).unwrap_err();
+    assert!(err.is_transient());
+    assert_eq!(err.to_string(), "upstream_unavailable: http 503");
+    e.work.commit("main", "more").unwrap();
+    force_push(&e.work, &e.hosted, "refs/heads/main:refs/heads/main");
+    assert_eq!(
+        push(&spec(&e, &m)),
+        Err(SyncError::Transient(
+            "upstream_unavailable: http 503".into()
+        ))
+    );
+    e.server.set_fault(Some(429));
+    assert!(pull(&spec(&e, &m)).unwrap_err().is_transient());
+    e.server.set_fault(None);
+
+    let mut s = spec(&e, &m);
+    let missing = e.server.repo_url("missing");
+    s.url = &missing;
+    assert_eq!(
+        pull(&s),
+        Err(SyncError::Permanent("upstream_not_found".into()))
+    );
+
+    // Nothing listens on this port any more.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/x.git", l.local_addr().unwrap())
+    };
+    s.url = &closed;
+    assert_eq!(pull(&s), Err(SyncError::Transient("connect_failed".into())));
+
+    s.url = "file:///etc";
+    assert_eq!(pull(&s), Err(SyncError::Permanent("invalid_url".into())));
+}
+
+fn seed_hosted_by_pull(e: &Env) {
+    pull(&spec(e, &all())).unwrap();
+}
+
+#[test]
+fn deadline_and_cancel_stop_before_network() {
+    let e = env();
+    seed_upstream(&e);
+    let m = all();
+    let before = e.server.request_count();
+
+    let mut s = spec(&e, &m);
+    s.deadline = Instant::now() - Duration::from_millis(1);
+    assert_eq!(pull(&s), Err(SyncError::Transient("timeout".into())));
+    ensure_repo(&e.hosted).unwrap();
+    e.work.push_all_to(&e.hosted).unwrap();
+    assert_eq!(push(&s), Err(SyncError::Transient("timeout".into())));
+
+    let cancel = AtomicBool::new(true);
+    let mut s = spec(&e, &m);
+    s.cancel = Some(&cancel);
+    assert_eq!(pull(&s), Err(SyncError::Cancelled));
+    assert_eq!(push(&s), Err(SyncError::Cancelled));
+    assert_eq!(e.server.request_count(), before);
+    assert!(refs_of(&e.upstream).len() == 4 && all_ref_names(&e.hosted).len() == 4);
+}
+
+#[test]
+fn ensure_repo_creates_bare_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("a").join("b.git");
+    assert_eq!(branch_tip(&path, "main").unwrap(), None);
+    ensure_repo(&path).unwrap();
+    ensure_repo(&path).unwrap();
+    let repo = git2::Repository::open_bare(&path).unwrap();
+    assert!(repo.is_bare());
+    assert_eq!(branch_tip(&path, "main").unwrap(), None);
+}
+
+/// Answers every request with a redirect to `location` (+ the request's
+/// path and query); returns its base URL and a count of requests served.
+fn redirector(location: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    // Never joined: it blocks in accept() until the test process exits.
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let target = request_line.split_whitespace().nth(1).unwrap_or("/");
+            let response = format!(
+                "HTTP/1.1 302 Found\r\nLocation: {location}{target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    (base, served)
+}
+
+#[test]
+fn redirects_to_another_host_are_refused() {
+    let e = env();
+    seed_upstream(&e);
+    ensure_repo(&e.hosted).unwrap();
+    e.work.push_all_to(&e.hosted).unwrap();
+    // Same server, named differently: another host as far as a URL goes.
+    let elsewhere = format!("http://localhost:{}", e.server.addr().port());
+    let (base, served) = redirector(elsewhere);
+    let url = format!("{base}/up.git");
+    let m = all();
+    let mut s = spec(&e, &m);
+    s.url = &url;
+    let before = e.server.request_count();
+
+    assert_eq!(
+        pull(&s),
+        Err(SyncError::Permanent("redirect_refused".into()))
+    );
+    assert_eq!(
+        push(&s),
+        Err(SyncError::Permanent("redirect_refused".into()))
+    );
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(e.server.request_count(), before);
+}
