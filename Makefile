@@ -1,0 +1,59 @@
+# Depot Sync: developer entry points. `make` alone lists them.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+
+.PHONY: help services build run stop test lint fmt bench clean-data
+
+help: ## list the targets
+	@echo "Depot Sync make targets:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  \1\t/' | expand -t 14
+
+services: ## start Postgres and RabbitMQ if they are not answering (installs them when missing)
+	@scripts/services.sh
+
+build: ## build every binary (target/debug)
+	$(CARGO) build --workspace --bins
+
+run: ## everything on loopback: services, build, migrate, demo org + key, upstream, worker, gateway (RUN_DETACH=1 to return)
+	@scripts/run-dev.sh
+
+stop: ## stop what `make run` started
+	@scripts/stop-dev.sh
+
+test: services ## the whole test suite against the local services (nextest when installed)
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		rc=0; \
+		echo "+ cargo test --workspace --doc --no-fail-fast   (nextest does not run doctests)"; \
+		$(CARGO) test --workspace --doc --no-fail-fast || rc=1; \
+		echo "+ cargo nextest run --workspace --no-fail-fast"; \
+		$(CARGO) nextest run --workspace --no-fail-fast || rc=1; \
+		exit $$rc; \
+	else \
+		echo "+ cargo test --workspace --no-fail-fast"; \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+lint: ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+bench: ## benchmarks (scripts/bench.sh)
+	@if [[ -f scripts/bench.sh ]]; then \
+		bash scripts/bench.sh; \
+	else \
+		echo "bench: not yet (scripts/bench.sh does not exist)"; \
+		exit 1; \
+	fi
+
+clean-data: ## delete ./data (dev database rows stay; repos, logs, pids go)
+	@if compgen -G 'data/run/*.pid' >/dev/null; then \
+		echo "clean-data: processes from 'make run' may still be running: 'make stop' first"; \
+		exit 1; \
+	fi
+	rm -rf data

@@ -1,0 +1,482 @@
+//! Test harness for end-to-end tests: each test gets its own database, its
+//! own broker namespace and storage directory, and runs the real
+//! `depot-gateway`, `depot-worker` and `depot-admin` binaries against them.
+//! Binaries come from the workspace's target directory (`make test` builds
+//! them first; so does `cargo build --bins`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fs::File;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use depot_testkit::{GitHttpServer, GitServerOptions, fixture};
+
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// A fixed test-only credential key (base64 of 32 bytes).
+pub const CREDENTIAL_KEY: &str = "dGVzdC1vbmx5LWNyZWRlbnRpYWwta2V5LTMyYnl0ZXM=";
+
+/// Directory holding the workspace's binaries (target/debug).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> Result<PathBuf> {
+    let path = bin_dir().join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: build the binaries first (`cargo build --bins`, which `make test` does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn random_suffix() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Poll `check` until it returns `Some`, or fail after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let last = check().await;
+        match last {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) if Instant::now() < deadline => {}
+            Err(_) if Instant::now() < deadline => {}
+            Ok(None) => bail!("timed out after {limit:?} waiting for {what}"),
+            Err(e) => {
+                return Err(e.context(format!("timed out after {limit:?} waiting for {what}")));
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// A running binary; SIGKILLed on drop unless stopped before.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// SIGTERM, then wait up to `limit` for exit; returns the exit code.
+    pub fn terminate(&mut self, limit: Duration) -> Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{} did not exit within {limit:?} of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Settings shared by every process of one test environment.
+pub struct TestEnv {
+    pub db_name: String,
+    pub namespace: String,
+    pub dir: tempfile::TempDir,
+    pub env: HashMap<String, String>,
+    pub gateway: Option<Proc>,
+    pub workers: Vec<Proc>,
+    pub base_url: String,
+    pub http: reqwest::Client,
+}
+
+#[derive(Debug, Clone)]
+pub struct EnvOptions {
+    pub extra_env: Vec<(String, String)>,
+    pub workers: usize,
+}
+
+impl Default for EnvOptions {
+    fn default() -> Self {
+        EnvOptions {
+            extra_env: Vec::new(),
+            workers: 1,
+        }
+    }
+}
+
+impl TestEnv {
+    pub async fn start(options: EnvOptions) -> Result<TestEnv> {
+        let suffix = random_suffix();
+        let db_name = format!("depot_test_{suffix}");
+        let namespace = format!("test-{suffix}");
+        let dir = tempfile::tempdir()?;
+        let mut env: HashMap<String, String> = [
+            (
+                "DEPOT__DATABASE__URL",
+                format!("postgres://postgres@127.0.0.1:5432/{db_name}"),
+            ),
+            ("DEPOT__DATABASE__POOL_SIZE", "8".into()),
+            ("DEPOT__AMQP__URL", AMQP_URL.into()),
+            ("DEPOT__AMQP__NAMESPACE", namespace.clone()),
+            ("DEPOT__GATEWAY__LISTEN", "127.0.0.1:0".into()),
+            ("DEPOT__GATEWAY__WORKERS", "2".into()),
+            (
+                "DEPOT__STORAGE__ROOT",
+                dir.path().join("storage").display().to_string(),
+            ),
+            ("DEPOT__WORKER__CONCURRENCY", "2".into()),
+            ("DEPOT__WORKER__RETRY_BASE_MS", "100".into()),
+            ("DEPOT__WORKER__RETRY_MAX_MS", "1000".into()),
+            ("DEPOT__WORKER__RELAY_INTERVAL_MS", "200".into()),
+            ("DEPOT__WORKER__LEASE_SECONDS", "10".into()),
+            ("DEPOT__WORKER__GRACE_SECONDS", "5".into()),
+            ("DEPOT__WORKER__METRICS_LISTEN", "127.0.0.1:0".into()),
+            ("DEPOT__UPSTREAM__ALLOWED_SCHEMES", "http,https".into()),
+            ("DEPOT__UPSTREAM__ALLOW_PRIVATE_NETWORKS", "true".into()),
+            ("DEPOT__UPSTREAM__TIMEOUT_SECONDS", "60".into()),
+            ("DEPOT__SECRETS__CREDENTIAL_KEY", CREDENTIAL_KEY.into()),
+            ("DEPOT__TELEMETRY__FORMAT", "json".into()),
+            ("DEPOT__TELEMETRY__FILTER", "info,depot=debug".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (k, v) in &options.extra_env {
+            env.insert(k.clone(), v.clone());
+        }
+        let mut test_env = TestEnv {
+            db_name,
+            namespace,
+            dir,
+            env,
+            gateway: None,
+            workers: Vec::new(),
+            base_url: String::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+        };
+        let out = test_env.admin(&["migrate"])?;
+        if !out.contains("applied") {
+            bail!("migrate applied nothing: {out}");
+        }
+        test_env.start_gateway().await?;
+        for _ in 0..options.workers {
+            test_env.start_worker()?;
+        }
+        Ok(test_env)
+    }
+
+    fn command(&self, binary: &str) -> Result<Command> {
+        let mut cmd = Command::new(bin(binary)?);
+        cmd.env_clear();
+        for key in ["PATH", "HOME", "LANG"] {
+            if let Ok(v) = std::env::var(key) {
+                cmd.env(key, v);
+            }
+        }
+        cmd.envs(&self.env).stdin(Stdio::null());
+        Ok(cmd)
+    }
+
+    /// Run `depot-admin ARGS`; returns stdout, fails on a non-zero exit.
+    pub fn admin(&self, args: &[&str]) -> Result<String> {
+        let out = self.command("depot-admin")?.args(args).output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "depot-admin {args:?} failed: {}{}",
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(stdout)
+    }
+
+    /// Create an org and a key with the given scopes; returns the key.
+    pub fn org_and_key(&self, slug: &str, scopes: &str) -> Result<String> {
+        self.admin(&["org", "create", slug, "--exists-ok"])?;
+        let out = self.admin(&["key", "create", "--org", slug, "--scopes", scopes])?;
+        out.lines()
+            .last()
+            .map(str::to_string)
+            .context("no key printed")
+    }
+
+    fn spawn(&self, binary: &str, label: &str) -> Result<Proc> {
+        let log = self.dir.path().join(format!("{label}.log"));
+        let file = File::create(&log)?;
+        let child = self
+            .command(binary)?
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("spawn {binary}"))?;
+        Ok(Proc {
+            name: label.to_string(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    pub async fn start_gateway(&mut self) -> Result<()> {
+        let proc = self.spawn("depot-gateway", "gateway")?;
+        let log = proc.log.clone();
+        self.gateway = Some(proc);
+        let port = eventually(Duration::from_secs(20), "the gateway to listen", || {
+            let log = log.clone();
+            async move { Ok(listening_port(&std::fs::read_to_string(&log)?)) }
+        })
+        .await?;
+        self.base_url = format!("http://127.0.0.1:{port}");
+        let url = format!("{}/healthz", self.base_url);
+        let http = self.http.clone();
+        eventually(Duration::from_secs(20), "gateway /healthz", || {
+            let (url, http) = (url.clone(), http.clone());
+            async move {
+                Ok(http
+                    .get(&url)
+                    .send()
+                    .await?
+                    .status()
+                    .is_success()
+                    .then_some(()))
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub fn start_worker(&mut self) -> Result<usize> {
+        let n = self.workers.len();
+        let proc = self.spawn("depot-worker", &format!("worker-{n}"))?;
+        self.workers.push(proc);
+        Ok(n)
+    }
+
+    /// Every log line written by the processes of this environment.
+    pub fn all_logs(&self) -> String {
+        let mut text = String::new();
+        if let Some(g) = &self.gateway {
+            text.push_str(&g.log_text());
+        }
+        for w in &self.workers {
+            text.push_str(&w.log_text());
+        }
+        text
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Send a request with a JSON body (when given) and bearer key; returns
+    /// status and parsed JSON body (Null when empty).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value)> {
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let res = req.send().await?;
+        let status = res.status().as_u16();
+        let text = res.text().await?;
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).map_err(|e| anyhow!("non-JSON body ({e}): {text}"))?
+        };
+        Ok((status, json))
+    }
+
+    /// Poll a sync until it is `completed` or `failed`.
+    pub async fn wait_for_sync(
+        &self,
+        key: &str,
+        org: &str,
+        repo: &str,
+        sync_id: &str,
+        limit: Duration,
+    ) -> Result<Value> {
+        let path = format!("/v1/{org}/{repo}/upstream/syncs/{sync_id}");
+        eventually(limit, &format!("sync {sync_id} to finish"), || {
+            let path = path.clone();
+            async move {
+                let (status, body) = self.call("GET", &path, Some(key), None).await?;
+                if status != 200 {
+                    bail!("GET {path}: {status} {body}");
+                }
+                Ok(matches!(body["status"].as_str(), Some("completed" | "failed")).then_some(body))
+            }
+        })
+        .await
+    }
+
+    /// Where the worker keeps a repository's bare git data.
+    pub async fn hosted_repo_path(&self, repo_id: &str) -> Result<PathBuf> {
+        let client = self.db().await?;
+        let row = client
+            .query_one("SELECT org_id FROM repos WHERE id = $1", &[&repo_id])
+            .await?;
+        let org_id: String = row.get(0);
+        Ok(self
+            .dir
+            .path()
+            .join("storage")
+            .join(org_id)
+            .join(format!("{repo_id}.git")))
+    }
+
+    /// A direct connection to this test's database.
+    pub async fn db(&self) -> Result<tokio_postgres::Client> {
+        let url = &self.env["DEPOT__DATABASE__URL"];
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Stop the processes, drop the database and the broker namespace.
+    pub async fn cleanup(mut self) -> Result<()> {
+        if let Some(mut g) = self.gateway.take() {
+            g.kill9();
+        }
+        for w in &mut self.workers {
+            w.kill9();
+        }
+        let broker = depot_broker::Broker::connect(depot_broker::BrokerOptions {
+            url: AMQP_URL.into(),
+            namespace: self.namespace.clone(),
+            timeout: Duration::from_secs(10),
+            delivery_limit: 10,
+            connection_name: "depot-e2e-cleanup".into(),
+        })
+        .await?;
+        broker.delete_topology().await?;
+        broker.close().await;
+        let (client, conn) = tokio_postgres::connect(PG_ADMIN_URL, tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.db_name
+            ))
+            .await?;
+        Ok(())
+    }
+}
+
+/// The port from the gateway's JSON log line `gateway listening`.
+fn listening_port(log: &str) -> Option<u16> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "gateway listening")
+        .and_then(|v| v["port"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+}
+
+/// An upstream server with basic auth and one bare repository `name`
+/// holding history authored in a work repository.
+pub struct Upstream {
+    pub server: GitHttpServer,
+    pub work: fixture::WorkRepo,
+    pub bare: PathBuf,
+    pub name: String,
+    _dir: tempfile::TempDir,
+}
+
+pub const UPSTREAM_USER: &str = "alice";
+pub const UPSTREAM_PASSWORD: &str = "s3cret-upstream-pw";
+
+impl Upstream {
+    pub fn start(name: &str) -> Result<Upstream> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().join("srv");
+        std::fs::create_dir_all(&root)?;
+        let bare = root.join(format!("{name}.git"));
+        fixture::init_bare(&bare)?;
+        let work = fixture::WorkRepo::new(&dir.path().join("work"))?;
+        let server = GitHttpServer::start(GitServerOptions {
+            root,
+            basic_auth: Some((UPSTREAM_USER.into(), UPSTREAM_PASSWORD.into())),
+            listen: None,
+        })?;
+        Ok(Upstream {
+            server,
+            work,
+            bare,
+            name: name.to_string(),
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        self.server.repo_url(&self.name)
+    }
+
+    pub fn publish(&self) -> Result<()> {
+        self.work.push_all_to(&self.bare)
+    }
+
+    pub fn refs(&self) -> Result<Vec<(String, String)>> {
+        fixture::list_refs(&self.bare)
+    }
+}
