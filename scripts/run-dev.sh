@@ -131,8 +131,7 @@ trap - EXIT
 cat <<EOF
 
 Depot is running on http://$GATEWAY  (logs: $LOG_DIR/, pids: $RUN_DIR/)
-  gateway  http://$GATEWAY  (/healthz, /readyz, /metrics)
-  worker   metrics on http://$METRICS/metrics
+  gateway  http://$GATEWAY  (/healthz, /readyz)
   upstream http://$UPSTREAM/demo.git  (git smart HTTP, user $UPSTREAM_USER, password $UPSTREAM_PASSWORD)
 
 Admin API key for org "$ORG" (also saved in $RUN_DIR/$ORG-admin.key):

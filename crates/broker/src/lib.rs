@@ -433,13 +433,13 @@ pub fn decode_job(delivery: &Delivery) -> Result<SyncJob, BrokerError> {
     }
     if let Some(headers) = delivery.properties.headers() {
         for (k, v) in headers.inner() {
-            if let AMQPValue::LongString(v) = v {
-                if k.as_str() == "traceparent" || k.as_str() == "tracestate" {
-                    job.trace_context.insert(
-                        k.to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    );
-                }
+            if let AMQPValue::LongString(v) = v
+                && (k.as_str() == "traceparent" || k.as_str() == "tracestate")
+            {
+                job.trace_context.insert(
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                );
             }
         }
     }

@@ -49,7 +49,7 @@ pub fn check_syntax(raw: &str, allowed_schemes: &[String]) -> Result<Url, Policy
     }
     match url.host() {
         None => Err(PolicyError::NoHost),
-        Some(Host::Domain(d)) if d.is_empty() => Err(PolicyError::NoHost),
+        Some(Host::Domain("")) => Err(PolicyError::NoHost),
         Some(_) => Ok(url),
     }
 }

@@ -177,15 +177,12 @@ pub fn head_change_id(tip: Option<&str>) -> String {
     let Some(tip) = tip else {
         return VIRTUAL_ROOT_CHANGE_ID.to_string();
     };
-    let digits: Option<String> = tip
-        .get(..32)
-        .map(|prefix| {
-            prefix
-                .chars()
-                .map(|c| c.to_digit(16).map(|d| (b'z' - d as u8) as char))
-                .collect::<Option<String>>()
-        })
-        .flatten();
+    let digits: Option<String> = tip.get(..32).and_then(|prefix| {
+        prefix
+            .chars()
+            .map(|c| c.to_digit(16).map(|d| (b'z' - d as u8) as char))
+            .collect::<Option<String>>()
+    });
     digits.unwrap_or_else(|| VIRTUAL_ROOT_CHANGE_ID.to_string())
 }
 

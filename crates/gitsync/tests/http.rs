@@ -725,3 +725,27 @@ fn redirects_to_another_host_are_refused() {
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
     assert_eq!(e.server.request_count(), before);
 }
+
+#[test]
+fn pull_from_empty_upstream_creates_hosted_repo() {
+    let e = env();
+    assert_eq!(pull(&spec(&e, &all())).unwrap(), vec![]);
+    assert!(git2::Repository::open_bare(&e.hosted).unwrap().is_bare());
+    assert!(all_ref_names(&e.hosted).is_empty());
+}
+
+#[test]
+fn token_uses_default_username() {
+    let e = env_with(Some(("x-access-token", "ghs_tok")));
+    let (c1, _) = seed_upstream(&e);
+    let token = Credentials::Token {
+        token: "ghs_tok".into(),
+        username: None,
+    };
+    let m = globs("main", "");
+    let mut s = spec(&e, &m);
+    s.credentials = Some(&token);
+    let stats = pull(&s).unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_stat(&stats[0], None, &c1, Outcome::Updated, None);
+}

@@ -43,7 +43,7 @@ async fn tick(ctx: &Ctx, ticks: u64) -> Result<(), StoreError> {
     relay_outbox(ctx).await?;
     sweep(ctx).await?;
     republish_stale(ctx).await?;
-    if ticks % 30 == 0 {
+    if ticks.is_multiple_of(30) {
         purge_deleted(ctx).await?;
         let client = ctx.pool.get().await?;
         depot_store::outbox::prune(&client, Duration::from_secs(24 * 3600)).await?;

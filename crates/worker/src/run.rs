@@ -194,10 +194,8 @@ async fn run_claimed(ctx: &Ctx, claimed: Claimed, job: &SyncJob) -> Disposition 
                     None,
                 )
                 .await?;
-                if ok {
-                    if let Some(head) = head {
-                        depot_store::repos::set_head(&tx, &sync.repo_id, head.as_deref()).await?;
-                    }
+                if ok && let Some(head) = head {
+                    depot_store::repos::set_head(&tx, &sync.repo_id, head.as_deref()).await?;
                 }
                 tx.commit().await?;
                 Ok(ok)
