@@ -24,6 +24,8 @@ stop: ## stop what `make run` started
 	@scripts/stop-dev.sh
 
 test: services ## the whole test suite against the local services (nextest when installed)
+	@echo "+ cargo build --bins   (end-to-end tests run the real binaries)"
+	@$(CARGO) build --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		rc=0; \
 		echo "+ cargo test --workspace --doc --no-fail-fast   (nextest does not run doctests)"; \
