@@ -24,19 +24,7 @@ stop: ## stop what `make run` started
 	@scripts/stop-dev.sh
 
 test: services ## the whole test suite against the local services (nextest when installed)
-	@echo "+ cargo build --bins   (end-to-end tests run the real binaries)"
-	@$(CARGO) build --bins
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		rc=0; \
-		echo "+ cargo test --workspace --doc --no-fail-fast   (nextest does not run doctests)"; \
-		$(CARGO) test --workspace --doc --no-fail-fast || rc=1; \
-		echo "+ cargo nextest run --workspace --no-fail-fast"; \
-		$(CARGO) nextest run --workspace --no-fail-fast || rc=1; \
-		exit $$rc; \
-	else \
-		echo "+ cargo test --workspace --no-fail-fast"; \
-		$(CARGO) test --workspace --no-fail-fast; \
-	fi
+	@scripts/test.sh
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
