@@ -4,6 +4,7 @@
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use depot_domain::Scope;
+use depot_secrets::KeyRing;
 use depot_settings::Settings;
 use depot_store::PoolOptions;
 use std::path::PathBuf;
@@ -33,6 +34,20 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Upstream credential encryption.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Re-encrypt every stored upstream credential under
+    /// `secrets.credential_key`, reading old ones with
+    /// `secrets.previous_credential_keys`. Safe to run while the service
+    /// runs and to run again.
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]
@@ -145,6 +160,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("{key}");
         }
+        Command::Secrets {
+            command: SecretsCommand::Rotate,
+        } => {
+            let ring = KeyRing::new(
+                &settings.credential_key()?,
+                &settings.previous_credential_keys()?,
+            );
+            let report = rotate_credentials(client, &ring).await?;
+            println!(
+                "re-encrypted {} credentials; {} already under the current key; {} changed concurrently (run again)",
+                report.rotated, report.current, report.raced
+            );
+            if report.unreadable > 0 {
+                bail!(
+                    "{} credentials are sealed under a key that is neither current nor previous; \
+                     add that key to secrets.previous_credential_keys and run again",
+                    report.unreadable
+                );
+            }
+        }
         Command::Key {
             command: KeyCommand::Revoke { id },
         } => {
@@ -155,4 +190,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RotationReport {
+    pub rotated: u64,
+    pub current: u64,
+    pub raced: u64,
+    pub unreadable: u64,
+}
+
+/// Walk every sealed credential and re-seal those not under the current
+/// key. Each row is replaced by compare-and-swap, so a concurrent PATCH is
+/// never overwritten with an older credential.
+pub async fn rotate_credentials(
+    client: &impl depot_store::GenericClient,
+    ring: &KeyRing,
+) -> anyhow::Result<RotationReport> {
+    let mut report = RotationReport::default();
+    let mut after = String::new();
+    loop {
+        let page = depot_store::credentials::page(client, &after, 200).await?;
+        let Some((last, _)) = page.last() else { break };
+        after = last.clone();
+        for (repo_id, sealed) in page {
+            if !ring.needs_rotation(&sealed) {
+                report.current += 1;
+                continue;
+            }
+            let Ok(credential) = ring.open_credential(&sealed, &repo_id) else {
+                report.unreadable += 1;
+                continue;
+            };
+            let resealed = ring.seal_credential(&credential, &repo_id)?;
+            if depot_store::credentials::replace(client, &repo_id, &sealed, &resealed).await? {
+                report.rotated += 1;
+            } else {
+                report.raced += 1;
+            }
+        }
+    }
+    Ok(report)
 }

@@ -199,3 +199,76 @@ mod tests {
         assert_eq!(cred.kind(), "token");
     }
 }
+
+/// The current key plus keys being rotated out. Seals with the current key
+/// only; opens with whichever key a sealed value names, so that during a
+/// rotation every process reads credentials sealed under either key.
+#[derive(Debug, Clone)]
+pub struct KeyRing {
+    current: CredentialKey,
+    previous: Vec<CredentialKey>,
+}
+
+impl KeyRing {
+    pub fn new(current: &[u8; 32], previous: &[[u8; 32]]) -> Self {
+        KeyRing {
+            current: CredentialKey::new(current),
+            previous: previous.iter().map(CredentialKey::new).collect(),
+        }
+    }
+
+    pub fn current(&self) -> &CredentialKey {
+        &self.current
+    }
+
+    /// Is `sealed` under a key other than the current one?
+    pub fn needs_rotation(&self, sealed: &[u8]) -> bool {
+        !self.current.sealed_with_this(sealed)
+    }
+
+    pub fn seal_credential(
+        &self,
+        credential: &Credential,
+        repo_id: &str,
+    ) -> Result<Vec<u8>, SecretError> {
+        self.current.seal_credential(credential, repo_id)
+    }
+
+    pub fn open_credential(&self, sealed: &[u8], repo_id: &str) -> Result<Credential, SecretError> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.sealed_with_this(sealed))
+            .ok_or(SecretError::WrongKey)?
+            .open_credential(sealed, repo_id)
+    }
+}
+
+#[cfg(test)]
+mod keyring_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn opens_under_old_and_new_seals_under_new() {
+        let old = KeyRing::new(&[1; 32], &[]);
+        let rotating = KeyRing::new(&[2; 32], &[[1; 32]]);
+        let done = KeyRing::new(&[2; 32], &[]);
+        let cred = Credential::Token {
+            token: "t".into(),
+            token_username: None,
+        };
+        let sealed_old = old.seal_credential(&cred, "repo_x").unwrap();
+        assert!(rotating.needs_rotation(&sealed_old));
+        assert_eq!(
+            rotating.open_credential(&sealed_old, "repo_x").unwrap(),
+            cred
+        );
+        assert_eq!(
+            done.open_credential(&sealed_old, "repo_x"),
+            Err(SecretError::WrongKey)
+        );
+        let resealed = rotating.seal_credential(&cred, "repo_x").unwrap();
+        assert!(!rotating.needs_rotation(&resealed));
+        assert_eq!(done.open_credential(&resealed, "repo_x").unwrap(), cred);
+    }
+}

@@ -15,7 +15,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["upstream.allowed_schemes"];
+const LIST_KEYS: &[&str] = &[
+    "upstream.allowed_schemes",
+    "secrets.previous_credential_keys",
+];
 
 const DEFAULTS: &str = r#"
 [database]
@@ -173,6 +176,11 @@ pub struct Upstream {
 pub struct Secrets {
     /// Base64 of 32 bytes: the AES-256-GCM key for upstream credentials.
     pub credential_key: Option<Secret>,
+    /// Keys being rotated out: still accepted for reading credentials,
+    /// never used to seal. See docs/operations.md, "Rotating the
+    /// credential key".
+    #[serde(default)]
+    pub previous_credential_keys: Vec<Secret>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -296,6 +304,10 @@ impl Settings {
             self::credential_key_bytes(key)
                 .map_err(|p| SettingsError::key("secrets.credential_key", p))?;
         }
+        for key in &self.secrets.previous_credential_keys {
+            self::credential_key_bytes(key)
+                .map_err(|p| SettingsError::key("secrets.previous_credential_keys", p))?;
+        }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
             check_url(
                 &Secret::new(endpoint.clone()),
@@ -316,6 +328,20 @@ impl Settings {
             )
         })?;
         credential_key_bytes(key).map_err(|p| SettingsError::key("secrets.credential_key", p))
+    }
+}
+
+impl Settings {
+    /// Keys being rotated out, decoded (validated at load).
+    pub fn previous_credential_keys(&self) -> Result<Vec<[u8; 32]>, SettingsError> {
+        self.secrets
+            .previous_credential_keys
+            .iter()
+            .map(|k| {
+                credential_key_bytes(k)
+                    .map_err(|p| SettingsError::key("secrets.previous_credential_keys", p))
+            })
+            .collect()
     }
 }
 
@@ -465,6 +491,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn previous_credential_keys_are_a_list() {
+        let a = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        let b = "YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODk=";
+        let s = Settings::load_from(
+            None,
+            env(&[(
+                "DEPOT__SECRETS__PREVIOUS_CREDENTIAL_KEYS",
+                &format!("{a},{b}"),
+            )]),
+        )
+        .unwrap();
+        let keys = s.previous_credential_keys().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(&keys[0], b"0123456789abcdef0123456789abcdef");
+        let err = Settings::load_from(
+            None,
+            env(&[("DEPOT__SECRETS__PREVIOUS_CREDENTIAL_KEYS", "bm9wZQ==")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("secrets.previous_credential_keys"), "{err}");
+        assert!(!err.contains("bm9wZQ"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! span several of them; statements are prepared once per connection
 //! (`prepare_cached`).
 
+pub mod credentials;
 pub mod idempotency;
 pub mod keys;
 pub mod migrate;
