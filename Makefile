@@ -5,7 +5,7 @@ SHELL := /usr/bin/env bash
 
 CARGO ?= cargo
 
-.PHONY: help services build run stop test lint fmt bench clean-data
+.PHONY: help services build run stop test lint fmt bench fuzz clean-data
 
 help: ## list the targets
 	@echo "Depot Sync make targets:"
@@ -40,6 +40,9 @@ bench: ## benchmarks (scripts/bench.sh)
 		echo "bench: not yet (scripts/bench.sh does not exist)"; \
 		exit 1; \
 	fi
+
+fuzz: services ## fuzz the parsers (cargo-fuzz) and the HTTP API (schemathesis), FUZZ_SECONDS each
+	@scripts/fuzz.sh
 
 clean-data: ## delete ./data (dev database rows stay; repos, logs, pids go)
 	@if compgen -G 'data/run/*.pid' >/dev/null; then \
