@@ -292,12 +292,25 @@ impl Broker {
             .await
     }
 
-    /// Publish a job to come back after `delay` (rounded to 10 ms buckets so
-    /// that jittered delays do not create a queue each).
+    /// Publish a job to come back after `delay` (rounded up to two
+    /// significant digits, see [`delay_bucket_ms`], so that jittered delays
+    /// share a few dozen queues instead of creating one each).
     pub async fn publish_delayed(&self, job: &SyncJob, delay: Duration) -> Result<(), BrokerError> {
-        let ms = (delay.as_millis() as u64).max(10).div_ceil(10) * 10;
+        let ms = delay_bucket_ms(delay);
         let queue = self.declare_delay_queue(ms).await?;
         self.publish_to("", &queue, job).await
+    }
+
+    /// Publish arbitrary bytes as if they were a job (tests and tooling:
+    /// a malformed message must end in the dead-letter queue).
+    pub async fn publish_raw(&self, payload: &[u8]) -> Result<(), BrokerError> {
+        self.publish_payload(
+            &self.topology.exchange(),
+            ROUTING_KEY,
+            payload,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
     }
 
     async fn publish_to(
@@ -319,7 +332,17 @@ impl Broker {
             .with_type(s("depot.sync.v1.SyncJob"))
             .with_message_id(s(job.sync_id.as_str()))
             .with_headers(headers);
-        let payload = job.encode_to_vec();
+        self.publish_payload(exchange, routing_key, &job.encode_to_vec(), props)
+            .await
+    }
+
+    async fn publish_payload(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), BrokerError> {
         let opts = BasicPublishOptions {
             mandatory: true,
             ..Default::default()
@@ -329,7 +352,7 @@ impl Broker {
             "publish",
             limit,
             self.publisher
-                .basic_publish(s(exchange), s(routing_key), opts, &payload, props),
+                .basic_publish(s(exchange), s(routing_key), opts, payload, props),
         )
         .await?;
         match timed("publisher confirm", limit, confirm).await? {
@@ -424,6 +447,18 @@ impl Broker {
     }
 }
 
+/// The delay queue a delay goes to: at least 10 ms, rounded up to two
+/// significant digits (1234 ms -> 1300 ms; at most 10 % late), so that at
+/// most 90 delay queues exist per power of ten.
+pub fn delay_bucket_ms(delay: Duration) -> u64 {
+    let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(10);
+    let mut scale = 1u64;
+    while ms / scale >= 100 {
+        scale *= 10;
+    }
+    ms.div_ceil(scale).saturating_mul(scale)
+}
+
 /// Decode a delivery's job, with the trace context from its headers.
 pub fn decode_job(delivery: &Delivery) -> Result<SyncJob, BrokerError> {
     let mut job = SyncJob::decode(delivery.data.as_slice())
@@ -458,5 +493,27 @@ pub fn job(
         repo_id: repo_id.to_string(),
         attempt_hint: u32::try_from(attempt).unwrap_or(0),
         trace_context,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_buckets() {
+        let b = |ms| delay_bucket_ms(Duration::from_millis(ms));
+        assert_eq!(b(0), 10);
+        assert_eq!(b(10), 10);
+        assert_eq!(b(99), 99);
+        assert_eq!(b(100), 100);
+        assert_eq!(b(101), 110);
+        assert_eq!(b(1234), 1300);
+        assert_eq!(b(56_789), 57_000);
+        assert_eq!(b(300_000), 300_000);
+        for ms in [10u64, 77, 150, 999, 4321, 299_999] {
+            let got = b(ms);
+            assert!(got >= ms && got <= ms + ms / 10 + 1, "{ms} -> {got}");
+        }
     }
 }

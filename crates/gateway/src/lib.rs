@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 pub mod json;
+pub mod metrics;
 pub mod pagination;
 pub mod policy;
 pub mod routes;
@@ -56,6 +57,7 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("gateway.listen {}: {e}", settings.gateway.listen))?;
         let port = listener.local_addr()?.port();
         let workers = settings.gateway.workers;
+        let openapi = web::Data::new(routes::openapi::OpenApiDoc::load()?);
         let state = web::Data::new(AppState {
             pool,
             broker,
@@ -64,7 +66,10 @@ impl Application {
         });
         let mut server = HttpServer::new(move || {
             App::new()
+                // Outermost: one span, metrics and x-request-id for every request.
+                .wrap(actix_web::middleware::from_fn(metrics::observe))
                 .app_data(state.clone())
+                .app_data(openapi.clone())
                 .configure(|cfg| routes::configure(cfg, &state.settings))
         })
         .listen(listener)?

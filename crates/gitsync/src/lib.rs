@@ -72,6 +72,10 @@ pub struct RunSpec<'a> {
     pub cancel: Option<&'a AtomicBool>,
     /// A fetch receiving more than this fails with `Permanent("pack_too_large")`.
     pub max_pack_bytes: Option<u64>,
+    /// The repository's default branch (short name). A pull points the
+    /// hosted repository's `HEAD` at `refs/heads/<it>` (even while unborn),
+    /// so clones of the hosted repository check it out.
+    pub default_branch: Option<&'a str>,
 }
 
 /// upstream -> hosted. One entry per matched upstream ref, unsorted.
@@ -88,6 +92,13 @@ pub fn push(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
 /// Create the hosted bare repository if it does not exist.
 pub fn ensure_repo(path: &Path) -> Result<(), SyncError> {
     no_panic(|| repo::ensure_repo(path))
+}
+
+/// Point the hosted repository's `HEAD` at `refs/heads/<branch>` (a no-op
+/// when it already does, or when the repository is absent or the name
+/// invalid).
+pub fn set_default_branch(path: &Path, branch: &str) -> Result<(), SyncError> {
+    no_panic(|| repo::set_default_branch(path, branch))
 }
 
 /// Commit id of `refs/heads/<branch>`; `None` if the repository or the

@@ -343,6 +343,7 @@ mod tests {
             deadline: Instant::now() - std::time::Duration::from_secs(1),
             cancel: Some(&flag),
             max_pack_bytes: None,
+            default_branch: None,
         };
         let g = Guard::new(&spec);
         assert_eq!(g.check(), Err(SyncError::Transient("timeout".into())));

@@ -18,9 +18,13 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     crate::repo::ensure_repo(spec.repo_path)?;
     let repo =
         open_existing(spec.repo_path)?.ok_or_else(|| SyncError::permanent(REPOSITORY_ERROR))?;
+    if let Some(branch) = spec.default_branch {
+        crate::repo::point_head(&repo, branch)?;
+    }
+    // Crashed earlier runs (of this sync or another one) may have left
+    // quarantine refs behind.
+    crate::repo::clear_all_quarantines(&repo);
     let quarantine = Quarantine::new(&repo, spec.sync_id);
-    // A crashed earlier attempt of this same sync may have left some behind.
-    quarantine.clear();
     init_timeouts();
 
     // Both option sets outlive `remote`: libgit2 keeps pointers to their

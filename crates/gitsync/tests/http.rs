@@ -76,6 +76,7 @@ fn spec<'a>(e: &'a Env, matcher: &'a RefMatcher) -> RunSpec<'a> {
         deadline: Instant::now() + Duration::from_secs(120),
         cancel: None,
         max_pack_bytes: None,
+        default_branch: None,
     }
 }
 
@@ -748,4 +749,73 @@ fn token_uses_default_username() {
     let stats = pull(&s).unwrap();
     assert_eq!(stats.len(), 1);
     assert_stat(&stats[0], None, &c1, Outcome::Updated, None);
+}
+
+#[test]
+fn pull_points_head_at_the_default_branch_and_clones_check_it_out() {
+    let e = env();
+    let (c1, _) = seed_upstream(&e);
+    let m = all();
+    let mut s = spec(&e, &m);
+    s.default_branch = Some("main");
+    pull(&s).unwrap();
+    let hosted = git2::Repository::open_bare(&e.hosted).unwrap();
+    assert_eq!(
+        hosted
+            .find_reference("HEAD")
+            .unwrap()
+            .symbolic_target()
+            .unwrap(),
+        "refs/heads/main"
+    );
+    // A clone of the hosted repository checks the default branch out.
+    let clone = e.hosted.parent().unwrap().join("clone");
+    let status = git_command()
+        .arg("clone")
+        .arg("-q")
+        .arg(&e.hosted)
+        .arg(&clone)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(rev_parse(&clone, "HEAD").unwrap(), c1);
+
+    // A changed default branch is followed at the next pull, even unborn.
+    s.default_branch = Some("trunk");
+    pull(&s).unwrap();
+    let hosted = git2::Repository::open_bare(&e.hosted).unwrap();
+    assert_eq!(
+        hosted
+            .find_reference("HEAD")
+            .unwrap()
+            .symbolic_target()
+            .unwrap(),
+        "refs/heads/trunk"
+    );
+}
+
+#[test]
+fn pull_removes_quarantine_refs_left_by_crashed_runs() {
+    let e = env();
+    let (c1, _) = seed_upstream(&e);
+    let m = all();
+    pull(&spec(&e, &m)).unwrap();
+    // What a run of another sync killed mid-fetch leaves behind.
+    let hosted = git2::Repository::open_bare(&e.hosted).unwrap();
+    let oid = git2::Oid::from_str(&c1).unwrap();
+    hosted
+        .reference("refs/depot/incoming/sync_dead/heads/main", oid, false, "t")
+        .unwrap();
+    hosted
+        .reference("refs/depot/incoming/other-dead/tags/v1.0", oid, false, "t")
+        .unwrap();
+    drop(hosted);
+    pull(&spec(&e, &m)).unwrap();
+    assert!(
+        all_ref_names(&e.hosted)
+            .iter()
+            .all(|n| !n.starts_with("refs/depot/")),
+        "{:?}",
+        all_ref_names(&e.hosted)
+    );
 }

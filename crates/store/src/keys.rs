@@ -1,7 +1,8 @@
 //! API keys. The key is `depot_` + 40 random characters; only its SHA-256
 //! is stored. Lookup is by hash: an attacker who can time the index lookup
-//! learns about hashes, not keys, so no constant-time compare of the key
-//! itself is needed beyond the equality the database does on the digest.
+//! learns about hashes, not keys. The digest found is compared again in
+//! constant time before the key is accepted, so no code path of ours ever
+//! compares secret material with an early exit.
 
 use crate::{GenericClient, Result, corrupt};
 use chrono::{DateTime, Utc};
@@ -71,17 +72,32 @@ pub async fn create(
     Ok((id, key))
 }
 
+/// Equality of two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
 pub async fn find(client: &impl GenericClient, key: &str) -> Result<Option<KeyRecord>> {
     let stmt = client
         .prepare_cached(
-            "SELECT k.id, k.org_id, o.slug, o.name, k.scopes, k.expires_at, k.revoked_at
+            "SELECT k.id, k.org_id, o.slug, o.name, k.scopes, k.expires_at, k.revoked_at,
+                    k.key_hash
              FROM api_keys k JOIN orgs o ON o.id = k.org_id
              WHERE k.key_hash = $1",
         )
         .await?;
-    let Some(row) = client.query_opt(&stmt, &[&hash_key(key)]).await? else {
+    let digest = hash_key(key);
+    let Some(row) = client.query_opt(&stmt, &[&digest]).await? else {
         return Ok(None);
     };
+    let stored: Vec<u8> = row.get(7);
+    if !constant_time_eq(&stored, &digest) {
+        return Ok(None);
+    }
     let scopes: Vec<String> = row.get(4);
     let scopes = scopes
         .iter()
@@ -106,4 +122,19 @@ pub async fn revoke(client: &impl GenericClient, key_id: &str) -> Result<bool> {
         )
         .await?;
     Ok(client.execute(&stmt, &[&key_id]).await? == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_hash_and_compare() {
+        let k = generate_key();
+        assert!(k.starts_with(KEY_PREFIX));
+        assert_eq!(k.len(), KEY_PREFIX.len() + 40);
+        assert!(constant_time_eq(&hash_key(&k), &hash_key(&k)));
+        assert!(!constant_time_eq(&hash_key(&k), &hash_key("other")));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+    }
 }

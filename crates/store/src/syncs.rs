@@ -226,17 +226,32 @@ pub async fn claim(
     if let Some(t) = not_before.filter(|t| *t > now) {
         return Ok(Claim::NotYet(t));
     }
+    // Lock the repository row first, and only then look for a running sync
+    // in a *separate* statement: under READ COMMITTED a statement's snapshot
+    // is taken before it waits for a row lock, so an EXISTS in the locking
+    // statement itself would not see the run a concurrent claimer has just
+    // committed, and both would claim.
     let lock = tx
         .prepare_cached(
-            "SELECT r.org_id, r.default_bookmark,
-                    EXISTS (SELECT 1 FROM syncs WHERE repo_id = r.id AND status = 'in_progress') AS busy
-             FROM repos r WHERE r.id = $1 FOR UPDATE",
+            "SELECT r.org_id, r.default_bookmark FROM repos r WHERE r.id = $1 FOR UPDATE",
         )
         .await?;
     let Some(repo) = tx.query_opt(&lock, &[&repo_id]).await? else {
         return Ok(Claim::Gone);
     };
-    if repo.get::<_, bool>(2) {
+    let running = tx
+        .prepare_cached(
+            "SELECT (SELECT status FROM syncs WHERE id = $2),
+                    EXISTS (SELECT 1 FROM syncs WHERE repo_id = $1 AND status = 'in_progress')",
+        )
+        .await?;
+    let now = tx.query_one(&running, &[&repo_id, &sync_id]).await?;
+    // A duplicate delivery of the same job that waited for the lock finds
+    // its sync already claimed: drop it rather than deferring it.
+    if now.get::<_, Option<&str>>(0) != Some("queued") {
+        return Ok(Claim::Gone);
+    }
+    if now.get::<_, bool>(1) {
         return Ok(Claim::Busy);
     }
     let update = tx
@@ -339,6 +354,17 @@ pub async fn requeue(
         .execute(&stmt, &[&sync_id, &attempt, &delay.as_secs_f64()])
         .await?
         == 1)
+}
+
+/// A job message for this queued sync was just (re)published, e.g. deferred
+/// because its repository was busy: the lost-message relay need not publish
+/// another one for a while.
+pub async fn touch_published(client: &impl GenericClient, sync_id: &str) -> Result<()> {
+    let stmt = client
+        .prepare_cached("UPDATE syncs SET published_at = now() WHERE id = $1 AND status = 'queued'")
+        .await?;
+    client.execute(&stmt, &[&sync_id]).await?;
+    Ok(())
 }
 
 /// A sync the sweeper changed.

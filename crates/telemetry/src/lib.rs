@@ -2,6 +2,17 @@
 //! readable (`pretty`) or JSON lines (`json`), and OpenTelemetry spans whose
 //! W3C trace context travels from the gateway's request through the job
 //! message into the worker's run.
+//!
+//! - JSON lines carry `timestamp`, `level`, `target`, the event's fields
+//!   (`message` among them) flattened, and the current span's fields under
+//!   `span` (for a request: `method`, `route`, `status`, `request_id`,
+//!   `trace_id`; for a run: `sync_id`, `repo_id`, `direction`, `attempt`,
+//!   `trace_id`, outcome counts).
+//! - When `telemetry.otlp_endpoint` is set, spans are exported over OTLP/HTTP
+//!   (protobuf) to `<endpoint>/v1/traces` in batches; dropping the
+//!   [`TelemetryGuard`] flushes what is pending.
+//! - Spans get real trace ids even when nothing is exported, so trace context
+//!   propagates and a 500 body can name its trace.
 
 use depot_settings::{LogFormat, Telemetry};
 use opentelemetry::propagation::TextMapCompositePropagator;
@@ -21,7 +32,45 @@ pub struct TelemetryGuard {
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
+        // Exports what the batch processor still holds (bounded by the
+        // exporter's timeout, OTEL_EXPORTER_OTLP_TIMEOUT, 10 s by default),
+        // then stops it.
         let _ = self.provider.shutdown();
+    }
+}
+
+/// The OTLP/HTTP traces URL for a configured endpoint: like
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, a base URL (`http://collector:4318`) gets
+/// `/v1/traces` appended; a URL already ending in `/v1/traces` is kept.
+pub fn traces_url(endpoint: &str) -> String {
+    let base = endpoint.trim_end_matches('/');
+    if base.ends_with("/v1/traces") {
+        base.to_string()
+    } else {
+        format!("{base}/v1/traces")
+    }
+}
+
+fn tracer_provider(settings: &Telemetry, service: &str) -> (SdkTracerProvider, Option<String>) {
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service.to_string())
+        .build();
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let Some(endpoint) = settings.otlp_endpoint.as_deref() else {
+        return (builder.build(), None);
+    };
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(traces_url(endpoint))
+        .with_headers(HashMap::new())
+        .build();
+    match exporter {
+        Ok(exporter) => (builder.with_batch_exporter(exporter).build(), None),
+        // Telemetry must not stop the service: run without export, and say so
+        // once the subscriber is up.
+        Err(e) => (builder.build(), Some(e.to_string())),
     }
 }
 
@@ -36,17 +85,8 @@ pub fn init(settings: &Telemetry, default_service: &str) -> TelemetryGuard {
     opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
         Box::new(TraceContextPropagator::new()),
     ]));
-    // Spans are always recorded with real trace ids, so trace context
-    // propagates and 500 responses carry a trace id even when nothing is
-    // exported. Export (OTLP) is configured by `telemetry.otlp_endpoint`.
-    let provider = SdkTracerProvider::builder()
-        .with_resource(
-            opentelemetry_sdk::Resource::builder()
-                .with_service_name(service.clone())
-                .build(),
-        )
-        .build();
-    let tracer = provider.tracer(service);
+    let (provider, export_error) = tracer_provider(settings, &service);
+    let tracer = provider.tracer(service.clone());
     opentelemetry::global::set_tracer_provider(provider.clone());
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.filter))
@@ -67,6 +107,15 @@ pub fn init(settings: &Telemetry, default_service: &str) -> TelemetryGuard {
             .with(tracing_subscriber::fmt::layer().with_target(true))
             .try_init(),
     };
+    match (&settings.otlp_endpoint, export_error) {
+        (Some(_), Some(e)) => {
+            tracing::error!(error = %e, "OTLP exporter unavailable; spans are not exported")
+        }
+        // The endpoint is configuration, not a secret, but it may carry
+        // user info: log only that export is on.
+        (Some(_), None) => tracing::info!(service = %service, "exporting spans over OTLP/HTTP"),
+        (None, _) => {}
+    }
     TelemetryGuard { provider }
 }
 
@@ -78,17 +127,103 @@ pub fn inject_current() -> HashMap<String, String> {
     carrier
 }
 
-/// Make `span` a child of the remote context in `carrier`, when it holds one.
+/// Make `span` a child of the remote context in `carrier`, when it holds a
+/// valid one, and record the span's trace id in its `trace_id` field (when
+/// the span declares one). Call it right after creating the span, before it
+/// is entered: the parent of a started span cannot change.
 pub fn set_parent(span: &tracing::Span, carrier: &HashMap<String, String>) {
     let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(carrier));
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);
     }
+    record_trace_id(span);
+}
+
+/// Record `span`'s trace id in its `trace_id` field, so log lines written
+/// inside it name the trace.
+pub fn record_trace_id(span: &tracing::Span) {
+    if let Some(id) = trace_id_of(span) {
+        span.record("trace_id", id.as_str());
+    }
+}
+
+/// The trace id of `span`, when it is being recorded.
+pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
 /// The trace id of the current span, when one is being recorded.
 pub fn current_trace_id() -> Option<String> {
-    let cx = tracing::Span::current().context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| sc.trace_id().to_string())
+    trace_id_of(&tracing::Span::current())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn with_otel<T>(f: impl FnOnce() -> T) -> T {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, f)
+    }
+
+    #[test]
+    fn a_child_of_a_remote_traceparent_keeps_its_trace_id() {
+        with_otel(|| {
+            let carrier = HashMap::from([(
+                "traceparent".to_string(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+            )]);
+            let span = tracing::info_span!("sync_run", trace_id = tracing::field::Empty);
+            set_parent(&span, &carrier);
+            let _entered = span.enter();
+            assert_eq!(
+                current_trace_id().as_deref(),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736")
+            );
+            // What the worker would send on: same trace, a new parent span.
+            let out = inject_current();
+            let tp = &out["traceparent"];
+            assert!(
+                tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+                "{tp}"
+            );
+            assert!(!tp.contains("00f067aa0ba902b7"), "{tp}");
+        });
+    }
+
+    #[test]
+    fn without_a_parent_a_span_starts_its_own_trace() {
+        with_otel(|| {
+            let span = tracing::info_span!("request");
+            set_parent(&span, &HashMap::new());
+            let id = trace_id_of(&span).unwrap();
+            assert_eq!(id.len(), 32);
+            assert_ne!(id, "00000000000000000000000000000000");
+            let _entered = span.enter();
+            let child = tracing::info_span!("inner");
+            assert_eq!(trace_id_of(&child).unwrap(), id);
+        });
+    }
+
+    #[test]
+    fn traces_url_appends_the_signal_path_once() {
+        assert_eq!(
+            traces_url("http://collector:4318"),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            traces_url("http://collector:4318/"),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            traces_url("https://c.example/v1/traces"),
+            "https://c.example/v1/traces"
+        );
+    }
 }

@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use actix_web::body::SizedStream;
 use actix_web::dev::ServerHandle;
@@ -47,6 +48,8 @@ struct State {
     basic_auth: Option<(String, String)>,
     /// 0 = no fault injected.
     fault: AtomicU32,
+    /// Milliseconds every request waits before it is answered; 0 = none.
+    delay_ms: AtomicU64,
     requests: AtomicU64,
 }
 
@@ -86,6 +89,7 @@ impl GitHttpServer {
             root,
             basic_auth: opts.basic_auth,
             fault: AtomicU32::new(0),
+            delay_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         });
         let data = web::Data::from(Arc::clone(&state));
@@ -166,6 +170,15 @@ impl GitHttpServer {
             .store(status.map_or(0, u32::from), Ordering::SeqCst);
     }
 
+    /// Delay injection: while `Some(d)`, every request arriving from now on
+    /// waits `d` (asynchronously: other requests are served meanwhile)
+    /// before it is answered, faulted or authenticated. A slow upstream for
+    /// tests that need a run to be in flight for a while.
+    pub fn set_delay(&self, delay: Option<Duration>) {
+        let ms = delay.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.state.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// HTTP requests served so far, including faulted and 401 ones.
     pub fn request_count(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)
@@ -191,6 +204,11 @@ fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
 
 async fn handle(req: HttpRequest, payload: web::Payload, state: web::Data<State>) -> HttpResponse {
     state.requests.fetch_add(1, Ordering::SeqCst);
+
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay != 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
 
     let fault = state.fault.load(Ordering::SeqCst);
     if fault != 0 {

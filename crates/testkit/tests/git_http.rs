@@ -4,6 +4,7 @@
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use depot_testkit::fixture::{self, WorkRepo};
 use depot_testkit::{GitHttpServer, GitServerOptions};
@@ -216,6 +217,33 @@ fn injected_fault_fails_requests_until_cleared() {
 
     s.server.set_fault(None);
     git_ok(&s.scratch, &["ls-remote", &authed_url(&s)]);
+}
+
+#[test]
+fn injected_delay_slows_every_request_without_serialising_them() {
+    let s = setup(false);
+    let delay = Duration::from_millis(1500);
+    s.server.set_delay(Some(delay));
+    let started = Instant::now();
+    // More concurrent requests than the server has worker threads: they
+    // all wait at once, so the batch takes about one delay, not several.
+    let addr = s.server.addr();
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            std::thread::spawn(move || raw_get(addr, "/demo.git/info/refs?service=git-upload-pack"))
+        })
+        .collect();
+    for t in threads {
+        assert!(t.join().unwrap().starts_with("HTTP/1.1 200"));
+    }
+    let took = started.elapsed();
+    assert!(took >= delay, "{took:?}");
+    assert!(took < delay * 3, "requests were serialised: {took:?}");
+
+    s.server.set_delay(None);
+    let started = Instant::now();
+    git_ok(&s.scratch, &["ls-remote", &s.server.repo_url("demo")]);
+    assert!(started.elapsed() < delay, "{:?}", started.elapsed());
 }
 
 #[test]

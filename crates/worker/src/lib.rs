@@ -4,12 +4,13 @@
 //! of replicas may run.
 
 mod consumer;
+mod metrics;
 mod relay;
 mod run;
 mod upstream;
 
 use depot_broker::{BrokerHandle, BrokerOptions};
-use depot_secrets::CredentialKey;
+use depot_secrets::KeyRing;
 use depot_settings::Settings;
 use depot_store::{Pool, PoolOptions};
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct Ctx {
     pub pool: Pool,
     pub broker: Arc<BrokerHandle>,
-    pub credential_key: CredentialKey,
+    pub credential_key: KeyRing,
     pub settings: Settings,
     /// Cancelled when the grace period after SIGTERM is over: running syncs
     /// abort and are released back to `queued`.
@@ -49,6 +50,7 @@ impl Ctx {
 /// return.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let key = settings.credential_key()?;
+    let previous_keys = settings.previous_credential_keys()?;
     std::fs::create_dir_all(&settings.storage.root)
         .map_err(|e| anyhow::anyhow!("storage.root {}: {e}", settings.storage.root.display()))?;
     let pool = depot_store::connect(
@@ -69,13 +71,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let ctx = Arc::new(Ctx {
         pool,
         broker,
-        credential_key: CredentialKey::new(&key),
+        credential_key: KeyRing::new(&key, &previous_keys),
         settings,
         hard_stop: CancellationToken::new(),
     });
+    let admin = metrics::bind(&ctx).await?;
+    let admin = tokio::spawn(metrics::serve(ctx.clone(), admin, shutdown.clone()));
     let relay = tokio::spawn(relay::run(ctx.clone(), shutdown.clone()));
     consumer::run(ctx.clone(), shutdown.clone(), grace).await;
     relay.abort();
+    admin.abort();
     let _ = relay.await;
     if let Some(b) = ctx.broker.get() {
         b.close().await;

@@ -69,10 +69,12 @@ async fn relay_outbox(ctx: &Ctx) -> Result<(), StoreError> {
         };
         match broker.publish(&job).await {
             Ok(()) => {
+                crate::metrics::relay_published("outbox", true);
                 depot_store::outbox::mark_published(&tx, row.id).await?;
                 tracing::info!(sync_id = %row.sync_id, "relay published job");
             }
             Err(e) => {
+                crate::metrics::relay_published("outbox", false);
                 tracing::warn!(error = %e, "relay publish failed");
                 ctx.broker.report_broken();
                 break;
@@ -91,10 +93,12 @@ async fn publish_all(ctx: &Ctx, jobs: &[(String, String, i32)], why: &str) {
         let job = depot_broker::job(sync_id, repo_id, *attempt, HashMap::new());
         if let Err(e) = broker.publish(&job).await {
             // The sync stays queued; the next lost-message pass tries again.
+            crate::metrics::relay_published(why, false);
             tracing::warn!(sync_id = %sync_id, error = %e, "re-publish failed");
             ctx.broker.report_broken();
             return;
         }
+        crate::metrics::relay_published(why, true);
         tracing::info!(sync_id = %sync_id, why, "re-published job");
     }
 }
@@ -109,10 +113,12 @@ async fn sweep(ctx: &Ctx) -> Result<(), StoreError> {
     for s in swept {
         match s.status {
             SyncStatus::Queued => {
+                crate::metrics::lease_expired(true);
                 tracing::warn!(sync_id = %s.id, attempt = s.attempt, "lease expired; sync re-queued");
                 requeued.push((s.id, s.repo_id, s.attempt));
             }
             _ => {
+                crate::metrics::lease_expired(false);
                 tracing::warn!(sync_id = %s.id, attempt = s.attempt, "lease expired; attempts exhausted, sync failed")
             }
         }

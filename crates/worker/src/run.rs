@@ -14,11 +14,17 @@ use depot_domain::{Direction, Stats, SyncStatus};
 use depot_gitsync::{RunSpec, SyncError};
 use depot_store::StoreError;
 use depot_store::syncs::{Claim, Claimed};
+use futures_util::FutureExt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
+
+/// After the shutdown grace period, how long a run may take to notice its
+/// cancel flag before its sync is released without waiting for it.
+const ABANDON_AFTER: Duration = Duration::from_secs(2);
 
 /// What to do with the delivery once processing ended.
 enum Disposition {
@@ -26,6 +32,10 @@ enum Disposition {
     /// Could not record anything (database or broker trouble): put the
     /// message back for another try.
     Requeue,
+    /// Processing it crashed: dead-letter it for inspection rather than
+    /// crash again on every redelivery. The sync itself, if claimed, is
+    /// recovered by the lease sweeper.
+    DeadLetter,
 }
 
 pub(crate) async fn handle_delivery(ctx: Arc<Ctx>, delivery: Delivery) {
@@ -53,11 +63,24 @@ pub(crate) async fn handle_delivery(ctx: Arc<Ctx>, delivery: Delivery) {
         unchanged = tracing::field::Empty,
         rejected = tracing::field::Empty,
         filtered = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     depot_telemetry::set_parent(&span, &job.trace_context);
-    let disposition = process(&ctx, &job).instrument(span).await;
+    let processed = AssertUnwindSafe(process(&ctx, &job).instrument(span))
+        .catch_unwind()
+        .await;
+    let disposition = processed.unwrap_or_else(|_| {
+        tracing::error!(sync_id = %job.sync_id, "processing a job panicked; dead-lettering it");
+        Disposition::DeadLetter
+    });
     let result = match disposition {
         Disposition::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Disposition::DeadLetter => {
+            delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
+        }
         Disposition::Requeue => {
             // A short pause so a database outage does not turn into a hot
             // redelivery loop; the quorum queue's delivery limit bounds it.
@@ -121,7 +144,14 @@ async fn process(ctx: &Ctx, job: &SyncJob) -> Disposition {
 async fn defer(ctx: &Ctx, job: &SyncJob, delay: Duration) -> Disposition {
     match ctx.broker.get() {
         Some(b) => match b.publish_delayed(job, delay).await {
-            Ok(()) => Disposition::Ack,
+            Ok(()) => {
+                // Best effort: keeps the lost-message relay from adding
+                // duplicates of a job that is merely waiting its turn.
+                if let Ok(client) = ctx.pool.get().await {
+                    let _ = depot_store::syncs::touch_published(&client, &job.sync_id).await;
+                }
+                Disposition::Ack
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot defer job");
                 ctx.broker.report_broken();
@@ -155,6 +185,7 @@ async fn run_claimed(ctx: &Ctx, claimed: Claimed, job: &SyncJob) -> Disposition 
     span.record("attempt", sync.attempt);
     span.record("direction", sync.direction.as_str());
     tracing::info!("sync run started");
+    crate::metrics::run_started(sync.direction, sync.attempt, sync.created_at);
     let started = Instant::now();
 
     let cancel = Arc::new(AtomicBool::new(false));
@@ -173,7 +204,28 @@ async fn run_claimed(ctx: &Ctx, claimed: Claimed, job: &SyncJob) -> Disposition 
             cancel.store(true, Ordering::SeqCst);
         })
     };
-    let outcome = execute(ctx, &claimed, cancel.clone()).await;
+    let outcome = {
+        let run = execute(ctx, &claimed, cancel.clone());
+        tokio::pin!(run);
+        tokio::select! {
+            outcome = &mut run => outcome,
+            _ = ctx.hard_stop.cancelled() => {
+                // The git thread sees the cancel flag only in libgit2's
+                // callbacks; one blocked reading a silent upstream would hold
+                // the shutdown for as long as the socket timeout. Give it a
+                // moment, then release the sync without it: the thread is
+                // waiting on the network, not writing refs, and dies with
+                // the process.
+                match tokio::time::timeout(ABANDON_AFTER, &mut run).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        tracing::warn!("run did not stop in time; releasing the sync");
+                        RunOutcome::Released
+                    }
+                }
+            }
+        }
+    };
     heartbeat.abort();
     stop_watch.abort();
 
@@ -284,6 +336,23 @@ async fn run_claimed(ctx: &Ctx, claimed: Claimed, job: &SyncJob) -> Disposition 
             span.record("status", "released");
         }
     }
+    let result = match &outcome {
+        RunOutcome::Completed { .. } => "completed",
+        RunOutcome::Retry { .. } if attempt < max_attempts => "retry",
+        RunOutcome::Failed { .. } | RunOutcome::Retry { .. } => "failed",
+        RunOutcome::Released => "released",
+    };
+    let stats = match &outcome {
+        RunOutcome::Completed { stats, .. } => Some(stats),
+        _ => None,
+    };
+    crate::metrics::run_ended(
+        sync.direction,
+        result,
+        stats,
+        started.elapsed(),
+        matches!(written, Ok(false)),
+    );
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match written {
         Ok(true) => {
@@ -393,7 +462,12 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
     let joined = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
         if let Err(error) = upstream::check_url(&upstream.url, &policy) {
-            return RunOutcome::Failed { error, stats: None };
+            // DNS may be down for a moment; a refused URL stays refused.
+            return if error == upstream::UNRESOLVABLE {
+                RunOutcome::Retry { error }
+            } else {
+                RunOutcome::Failed { error, stats: None }
+            };
         }
         let spec = RunSpec {
             repo_path: &repo_path,
@@ -404,6 +478,7 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
             deadline,
             cancel: Some(&cancel),
             max_pack_bytes: Some(max_pack),
+            default_branch: Some(&default_branch),
         };
         let result = match direction {
             Direction::Pull => depot_gitsync::pull(&spec),

@@ -4,12 +4,16 @@
 
 use depot_domain::policy::{check_syntax, is_forbidden_ip, literal_ip};
 use depot_gitsync::Credentials;
-use depot_secrets::{Credential, CredentialKey};
+use depot_secrets::{Credential, KeyRing};
 use depot_settings::Upstream as Policy;
 use depot_store::repos::Upstream;
 use std::net::ToSocketAddrs;
 
-/// Errors here are permanent: retrying will not make a refused URL allowed.
+/// The host did not resolve: the only error here worth retrying.
+pub(crate) const UNRESOLVABLE: &str = "upstream_unresolvable";
+
+/// Errors here are permanent (retrying will not make a refused URL allowed),
+/// except [`UNRESOLVABLE`].
 pub(crate) fn check_url(url: &str, policy: &Policy) -> Result<(), String> {
     let parsed =
         check_syntax(url, &policy.allowed_schemes).map_err(|e| format!("upstream_refused: {e}"))?;
@@ -23,7 +27,7 @@ pub(crate) fn check_url(url: &str, policy: &Policy) -> Result<(), String> {
             let port = parsed.port_or_known_default().unwrap_or(443);
             (host, port)
                 .to_socket_addrs()
-                .map_err(|_| "upstream_unresolvable".to_string())?
+                .map_err(|_| UNRESOLVABLE.to_string())?
                 .map(|a| a.ip())
                 .collect()
         }
@@ -35,7 +39,7 @@ pub(crate) fn check_url(url: &str, policy: &Policy) -> Result<(), String> {
 }
 
 pub(crate) fn credentials(
-    key: &CredentialKey,
+    key: &KeyRing,
     upstream: &Upstream,
     repo_id: &str,
 ) -> Result<Option<Credentials>, String> {

@@ -2,6 +2,7 @@
 //! error, `Accept` negotiation, body limits, one span per request).
 
 pub mod health;
+pub mod openapi;
 pub mod orgs;
 pub mod repos;
 pub mod syncs;
@@ -27,10 +28,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, settings: &Settings) {
     )
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
+    .route("/metrics", web::get().to(crate::metrics::endpoint))
     .service(
         web::scope("/v1")
             .wrap(actix_web::middleware::from_fn(envelope))
             .route("/whoami", web::get().to(orgs::whoami))
+            .route("/openapi.json", web::get().to(openapi::get))
             .route("/{org}/repos", web::post().to(repos::create))
             .route("/{org}/repos", web::get().to(repos::list))
             .route("/{org}", web::get().to(orgs::get))
@@ -84,13 +87,9 @@ async fn envelope(
     req: ServiceRequest,
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<BoxBody>>, actix_web::Error> {
-    let span = tracing::info_span!(
-        "request",
-        method = %req.method(),
-        route = tracing::field::Empty,
-        status = tracing::field::Empty,
-        key_id = tracing::field::Empty,
-    );
+    // The request span is made by the outermost middleware
+    // (crate::metrics::observe); route, status and key_id are recorded on it.
+    let span = tracing::Span::current();
     async move {
         if !accepts_json(req.request()) {
             let err = ApiError::new(
@@ -167,10 +166,15 @@ pub async fn read_body(mut payload: web::Payload, max: usize) -> Result<web::Byt
 }
 
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
+    json_text_response(status, body.to_string())
+}
+
+/// A response whose body is already serialized JSON.
+pub fn json_text_response(status: StatusCode, body: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         ))
-        .body(body.to_string())
+        .body(body.into())
 }

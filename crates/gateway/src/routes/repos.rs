@@ -151,14 +151,26 @@ fn parse_upstream(map: &Map<String, Value>) -> Result<UpstreamInput, ApiError> {
     Ok(UpstreamInput { url, auth })
 }
 
-/// Seal the new credential, or keep (`Absent`) / clear (`Null`) the stored one.
-async fn build_upstream(
+/// Parse `upstream` and apply the URL policy (which may resolve the host:
+/// done before any database transaction is opened).
+async fn checked_upstream(
+    state: &AppState,
+    map: &Map<String, Value>,
+) -> Result<UpstreamInput, ApiError> {
+    let mut input = parse_upstream(map)?;
+    input.url = check_upstream_url(&input.url, &state.settings.upstream).await?;
+    Ok(input)
+}
+
+/// Seal the new credential, or keep (`Absent`) / clear (`Null`) the stored
+/// one. `input.url` has passed the policy already.
+fn build_upstream(
     state: &AppState,
     repo_id: &str,
     input: UpstreamInput,
     current: Option<&Upstream>,
 ) -> Result<Upstream, ApiError> {
-    let url = check_upstream_url(&input.url, &state.settings.upstream).await?;
+    let url = input.url;
     let (auth_kind, credential) = match input.auth {
         Field::Present(cred) => {
             let sealed = state
@@ -225,9 +237,12 @@ pub async fn create(
     };
     let repo_id = new_id("repo");
     let upstream = match json::object(&body, "upstream", "")? {
-        Field::Present(u) => {
-            Some(build_upstream(&state, &repo_id, parse_upstream(u)?, None).await?)
-        }
+        Field::Present(u) => Some(build_upstream(
+            &state,
+            &repo_id,
+            checked_upstream(&state, u).await?,
+            None,
+        )?),
         _ => None,
     };
     let mut client = state.pool.get().await?;
@@ -335,7 +350,7 @@ pub async fn update(
     let upstream_input = match json::object(&body, "upstream", "")? {
         Field::Absent => Field::Absent,
         Field::Null => Field::Null,
-        Field::Present(u) => Field::Present(parse_upstream(u)?),
+        Field::Present(u) => Field::Present(checked_upstream(&state, u).await?),
     };
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
@@ -350,7 +365,7 @@ pub async fn update(
         Field::Absent => {}
         Field::Null => depot_store::repos::set_upstream(&tx, &repo.id, None).await?,
         Field::Present(input) => {
-            let upstream = build_upstream(&state, &repo.id, input, repo.upstream.as_ref()).await?;
+            let upstream = build_upstream(&state, &repo.id, input, repo.upstream.as_ref())?;
             depot_store::repos::set_upstream(&tx, &repo.id, Some(&upstream)).await?;
         }
     }

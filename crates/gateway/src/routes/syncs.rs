@@ -71,6 +71,27 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_string()))
 }
 
+/// JSON text with object keys sorted at every level, whatever map order
+/// serde_json was built with.
+fn canonical(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical(&map[k])))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(canonical).collect();
+            format!("[{}]", items.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
 pub async fn create(
     state: web::Data<AppState>,
     caller: Caller,
@@ -84,12 +105,12 @@ pub async fn create(
         json::parse_object(&read_body(payload, state.settings.gateway.max_body_bytes).await?)?;
     let request = parse_request(&body)?;
     let idem_key = idempotency_key(&req)?;
-    // The hash covers the target and the body as parsed (key order and
-    // blanks do not matter); serde_json's map is sorted.
+    // The hash covers the target and the body as parsed: key order and
+    // blanks do not matter.
     let request_hash = Sha256::digest(
         format!(
-            "POST {org}/{repo_name}/upstream/syncs {}",
-            Value::Object(body)
+            "POST /v1/{org}/{repo_name}/upstream/syncs {}",
+            canonical(&Value::Object(body))
         )
         .as_bytes(),
     )
@@ -129,8 +150,15 @@ pub async fn create(
             request.direction,
             &request.globs,
         )
-        .await?
-        {
+        .await
+        .map_err(|e| {
+            // The repo was deleted between our lookup and the insert.
+            if e.sql_state().is_some_and(|s| s.code() == "23503") {
+                ApiError::not_found("repository")
+            } else {
+                ApiError::from(e)
+            }
+        })? {
             Enqueued::AlreadyQueued(existing) => Err(ApiError::conflict(
                 "SYNC_ALREADY_QUEUED",
                 "an identical sync is already queued; it will see the latest state when it runs",
@@ -256,4 +284,59 @@ pub async fn list(
     let items: Vec<Value> = syncs.iter().map(views::sync).collect();
     Ok(HttpResponse::Ok()
         .json(json!({ "next_cursor": next_cursor, "has_more": has_more, "syncs": items })))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn canonical_json_ignores_key_order() {
+        let a: Value =
+            serde_json::from_str(r#"{"b": {"y": 1, "x": [2, {"q": 1, "p": 2}]}, "a": "s"}"#)
+                .unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"a":"s","b":{"x":[2,{"p":2,"q":1}],"y":1}}"#).unwrap();
+        assert_eq!(canonical(&a), canonical(&b));
+        assert_eq!(
+            canonical(&a),
+            r#"{"a":"s","b":{"x":[2,{"p":2,"q":1}],"y":1}}"#
+        );
+    }
+
+    #[test]
+    fn requests_are_parsed_strictly() {
+        let body = |s: &str| json::parse_object(s.as_bytes()).unwrap();
+        let r = parse_request(&body(r#"{"direction":"push"}"#)).unwrap();
+        assert_eq!(r.direction, Direction::Push);
+        assert_eq!(r.globs, RefGlobs::all());
+        let r = parse_request(&body(r#"{"direction":"pull","ref_globs":{"tags":"v*"}}"#)).unwrap();
+        assert_eq!(r.globs.branches, "");
+        for (raw, field) in [
+            (r#"{}"#, "direction"),
+            (r#"{"direction":"sideways"}"#, "direction"),
+            (r#"{"direction":1}"#, "direction"),
+            (r#"{"direction":"pull","x":1}"#, "x"),
+            (r#"{"direction":"pull","ref_globs":null}"#, "ref_globs"),
+            (r#"{"direction":"pull","ref_globs":{}}"#, "ref_globs"),
+            (
+                r#"{"direction":"pull","ref_globs":{"branches":"[a"}}"#,
+                "ref_globs.branches",
+            ),
+            (
+                r#"{"direction":"pull","ref_globs":{"tags":5}}"#,
+                "ref_globs.tags",
+            ),
+            (
+                r#"{"direction":"pull","ref_globs":{"heads":"*"}}"#,
+                "ref_globs.heads",
+            ),
+        ] {
+            let Err(e) = parse_request(&body(raw)) else {
+                panic!("{raw} was accepted");
+            };
+            assert_eq!(e.details.unwrap()["field"], field, "{raw}");
+        }
+    }
 }

@@ -30,16 +30,22 @@ async fn main() -> std::process::ExitCode {
         tracing::info!("shutdown requested");
         signal.cancel();
     });
-    match depot_worker::run(settings, shutdown).await {
+    let code = match depot_worker::run(settings, shutdown).await {
         Ok(()) => {
             tracing::info!("worker stopped");
-            std::process::ExitCode::SUCCESS
+            0
         }
         Err(e) => {
             eprintln!("depot-worker: {e}");
-            std::process::ExitCode::from(2)
+            2
         }
-    }
+    };
+    // Exit here rather than by returning: dropping the runtime would wait
+    // for every blocking task, including a git thread abandoned after the
+    // shutdown grace period while it waits on a silent upstream (its sync is
+    // already released). Flush telemetry first, as returning would.
+    drop(_telemetry);
+    std::process::exit(code);
 }
 
 async fn wait_for_signal() {

@@ -1,0 +1,250 @@
+//! Request observability: the outermost middleware gives every request one
+//! span (`method`, `route` template, `status`, `latency_ms`, `request_id`,
+//! `trace_id`), continues the caller's W3C trace (`traceparent` header),
+//! echoes the request id in `x-request-id`, and counts the request for
+//! `GET /metrics` (Prometheus text).
+//!
+//! Labels are bounded: the route is the template (`/v1/{org}/{repo}`), never
+//! the path, and unknown routes share `route="unmatched"`; nothing a caller
+//! sends (keys, bodies, query strings) becomes a label or a span attribute.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{HttpResponse, http::Method};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::Instant;
+use tracing::Instrument;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The gateway's series. One set per process, like its log subscriber.
+pub struct GatewayMetrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+}
+
+static METRICS: LazyLock<GatewayMetrics> = LazyLock::new(GatewayMetrics::new);
+
+pub fn metrics() -> &'static GatewayMetrics {
+    &METRICS
+}
+
+impl GatewayMetrics {
+    #[allow(clippy::expect_used)] // fixed, valid metric definitions
+    fn new() -> Self {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "depot_http_requests_total",
+                "HTTP requests answered, by method, route template and status code.",
+            ),
+            &["method", "route", "status"],
+        )
+        .expect("metric definition");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "depot_http_request_duration_seconds",
+                "Time from receiving a request to its response, by method and route template.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["method", "route"],
+        )
+        .expect("metric definition");
+        registry
+            .register(Box::new(http_requests.clone()))
+            .expect("register");
+        registry
+            .register(Box::new(http_duration.clone()))
+            .expect("register");
+        GatewayMetrics {
+            registry,
+            http_requests,
+            http_duration,
+        }
+    }
+
+    /// Everything in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// `GET /metrics`.
+pub async fn endpoint() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics().render())
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// A caller's request id is kept when it is short and plain (it is echoed
+/// and logged); otherwise, or when absent, one is made up.
+fn request_id(req: &ServiceRequest) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
+}
+
+/// The W3C trace context headers of the request.
+fn trace_carrier(req: &ServiceRequest) -> HashMap<String, String> {
+    ["traceparent", "tracestate"]
+        .into_iter()
+        .filter_map(|name| {
+            let v = req.headers().get(name)?.to_str().ok()?;
+            (v.len() <= 512).then(|| (name.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Outermost middleware: one span per request, metrics, `x-request-id`.
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = method_label(req.method());
+    let request_id = request_id(&req);
+    let quiet = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
+    let span = tracing::info_span!(
+        "request",
+        method,
+        route = tracing::field::Empty,
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+        key_id = tracing::field::Empty,
+    );
+    depot_telemetry::set_parent(&span, &trace_carrier(&req));
+    let result = next.call(req).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let (status, route) = match &result {
+        Ok(res) => (
+            res.status().as_u16(),
+            res.request()
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".into()),
+        ),
+        // actix turns the error into a response after us.
+        Err(e) => (
+            e.as_response_error().status_code().as_u16(),
+            "unmatched".to_string(),
+        ),
+    };
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    span.record("route", route.as_str());
+    span.record("status", status);
+    span.record("latency_ms", latency_ms);
+    let m = metrics();
+    m.http_requests
+        .with_label_values(&[method, route.as_str(), status.to_string().as_str()])
+        .inc();
+    m.http_duration
+        .with_label_values(&[method, route.as_str()])
+        .observe(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        if quiet && status < 400 {
+            tracing::debug!(status, latency_ms, "request finished");
+        } else {
+            tracing::info!(status, latency_ms, "request finished");
+        }
+    });
+    result.map(|mut res| {
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            res.headers_mut().insert(REQUEST_ID, v);
+        }
+        res
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use actix_web::{App, test, web};
+
+    #[actix_web::test]
+    async fn requests_are_counted_by_route_template_and_echo_their_id() {
+        let app = test::init_service(
+            App::new()
+                .wrap(actix_web::middleware::from_fn(observe))
+                .route("/metrics", web::get().to(endpoint))
+                .route(
+                    "/v1/{org}/things",
+                    web::get().to(|| async { HttpResponse::Ok().finish() }),
+                ),
+        )
+        .await;
+        let req = test::TestRequest::get()
+            .uri("/v1/acme/things")
+            .insert_header(("x-request-id", "abc-123"))
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers().get("x-request-id").unwrap(), "abc-123");
+        // A hostile id is replaced, not echoed.
+        let req = test::TestRequest::get()
+            .uri("/v1/acme/things")
+            .insert_header(("x-request-id", "a b\"<script>"))
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        let id = res.headers().get("x-request-id").unwrap().to_str().unwrap();
+        assert_eq!(id.len(), 32, "{id}");
+        let req = test::TestRequest::get()
+            .uri("/nowhere/secret-path")
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        assert_eq!(res.status(), 404);
+
+        let req = test::TestRequest::get().uri("/metrics").to_request();
+        let body = test::call_and_read_body(&app, req).await;
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            text.contains(
+                r#"depot_http_requests_total{method="GET",route="/v1/{org}/things",status="200"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"route="unmatched",status="404"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("secret-path"), "{text}");
+        assert!(!text.contains("acme"), "{text}");
+        assert!(
+            text.contains("depot_http_request_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,400 @@
+//! The worker's admin port (`worker.metrics_listen`): `GET /metrics`
+//! (Prometheus text), `GET /healthz` (process up) and `GET /readyz`
+//! (Postgres and the broker reachable).
+//!
+//! Counters and histograms are updated by the runs and the relay as they
+//! happen; backlog gauges (outbox, queue depths) are read from Postgres and
+//! RabbitMQ when scraped. Those gauges describe the whole deployment, so
+//! every replica reports the same value: aggregate them with `max`, not `sum`.
+//!
+//! Labels are bounded (direction, status, outcome, source); ids, URLs and
+//! error texts never become labels.
+
+use crate::Ctx;
+use depot_domain::{Direction, Outcome, Stats};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// The worker's series. One set per process, like its log subscriber.
+pub(crate) struct WorkerMetrics {
+    registry: Registry,
+    runs: IntCounterVec,
+    finished: IntCounterVec,
+    refs: IntCounterVec,
+    run_duration: HistogramVec,
+    attempts: IntCounterVec,
+    queue_lag: HistogramVec,
+    relay_publishes: IntCounterVec,
+    lease_expirations: IntCounterVec,
+    outbox_backlog: IntGauge,
+    queue_messages: IntGaugeVec,
+    dependency_up: IntGaugeVec,
+}
+
+static METRICS: LazyLock<WorkerMetrics> = LazyLock::new(WorkerMetrics::new);
+
+pub(crate) fn metrics() -> &'static WorkerMetrics {
+    &METRICS
+}
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1500.0,
+];
+
+#[allow(clippy::expect_used)] // fixed, valid metric definitions
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric definition");
+    registry.register(Box::new(c.clone())).expect("register");
+    c
+}
+
+#[allow(clippy::expect_used)]
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("metric definition");
+    registry.register(Box::new(h.clone())).expect("register");
+    h
+}
+
+impl WorkerMetrics {
+    #[allow(clippy::expect_used)]
+    fn new() -> Self {
+        let r = Registry::new();
+        let outbox_backlog = IntGauge::new(
+            "depot_outbox_backlog",
+            "Outbox rows not yet confirmed by the broker (deployment-wide; read at scrape).",
+        )
+        .expect("metric definition");
+        r.register(Box::new(outbox_backlog.clone()))
+            .expect("register");
+        let queue_messages = IntGaugeVec::new(
+            Opts::new(
+                "depot_queue_messages",
+                "Messages ready in a broker queue: jobs (waiting for a worker) and dead (dead-lettered) (deployment-wide; read at scrape).",
+            ),
+            &["queue"],
+        )
+        .expect("metric definition");
+        r.register(Box::new(queue_messages.clone()))
+            .expect("register");
+        let dependency_up = IntGaugeVec::new(
+            Opts::new(
+                "depot_dependency_up",
+                "1 when the dependency answered at the last scrape, else 0.",
+            ),
+            &["dependency"],
+        )
+        .expect("metric definition");
+        r.register(Box::new(dependency_up.clone()))
+            .expect("register");
+        WorkerMetrics {
+            runs: counter(
+                &r,
+                "depot_sync_runs_total",
+                "Sync runs (attempts) ended, by direction and result: completed, failed, retry (re-queued with backoff), released (shutdown), lost_lease (outcome discarded).",
+                &["direction", "result"],
+            ),
+            finished: counter(
+                &r,
+                "depot_syncs_finished_total",
+                "Syncs that reached a final status (completed or failed), by direction.",
+                &["direction", "status"],
+            ),
+            refs: counter(
+                &r,
+                "depot_sync_ref_outcomes_total",
+                "Per-ref outcomes of completed runs: updated, unchanged, rejected, filtered.",
+                &["direction", "outcome"],
+            ),
+            run_duration: histogram(
+                &r,
+                "depot_sync_run_duration_seconds",
+                "Wall-clock time of one run, from claim to outcome, by direction and result.",
+                &["direction", "result"],
+            ),
+            attempts: counter(
+                &r,
+                "depot_sync_attempts_total",
+                "Runs started (claims), by direction and whether it was the first attempt or a retry.",
+                &["direction", "kind"],
+            ),
+            queue_lag: histogram(
+                &r,
+                "depot_sync_queue_lag_seconds",
+                "Time from a sync's creation to the start of its first run.",
+                &["direction"],
+            ),
+            relay_publishes: counter(
+                &r,
+                "depot_relay_publishes_total",
+                "Job messages published by the relay, by source (outbox, lease_expired, presumed_lost) and result (ok, error).",
+                &["source", "result"],
+            ),
+            lease_expirations: counter(
+                &r,
+                "depot_lease_expirations_total",
+                "Runs whose lease ran out (worker died or hung), by what the sweeper did: requeued or failed.",
+                &["result"],
+            ),
+            outbox_backlog,
+            queue_messages,
+            dependency_up,
+            registry: r,
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn outcome_label(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Updated => "updated",
+        Outcome::Unchanged => "unchanged",
+        Outcome::Rejected => "rejected",
+        Outcome::Filtered => "filtered",
+    }
+}
+
+/// A run started: its attempt and, for a first attempt, the queue lag.
+pub(crate) fn run_started(
+    direction: Direction,
+    attempt: i32,
+    created_at: chrono::DateTime<chrono::Utc>,
+) {
+    let m = metrics();
+    let kind = if attempt <= 1 { "first" } else { "retry" };
+    m.attempts
+        .with_label_values(&[direction.as_str(), kind])
+        .inc();
+    if attempt <= 1 {
+        let lag = (chrono::Utc::now() - created_at)
+            .to_std()
+            .unwrap_or_default();
+        m.queue_lag
+            .with_label_values(&[direction.as_str()])
+            .observe(lag.as_secs_f64());
+    }
+}
+
+/// A run ended with `result` (completed, failed, retry, released), unless
+/// `fenced` (its outcome was discarded because it lost its lease).
+pub(crate) fn run_ended(
+    direction: Direction,
+    result: &str,
+    stats: Option<&Stats>,
+    elapsed: Duration,
+    fenced: bool,
+) {
+    let m = metrics();
+    let d = direction.as_str();
+    let result = if fenced { "lost_lease" } else { result };
+    m.runs.with_label_values(&[d, result]).inc();
+    m.run_duration
+        .with_label_values(&[d, result])
+        .observe(elapsed.as_secs_f64());
+    if matches!(result, "completed" | "failed") {
+        m.finished.with_label_values(&[d, result]).inc();
+    }
+    if result == "completed"
+        && let Some(stats) = stats
+    {
+        for r in &stats.refs {
+            m.refs
+                .with_label_values(&[d, outcome_label(r.outcome)])
+                .inc();
+        }
+    }
+}
+
+/// The relay published (or failed to publish) a job. `source`: outbox,
+/// lease_expired, presumed_lost.
+pub(crate) fn relay_published(source: &str, ok: bool) {
+    let source = match source {
+        "outbox" => "outbox",
+        "lease expired" | "lease_expired" => "lease_expired",
+        _ => "presumed_lost",
+    };
+    metrics()
+        .relay_publishes
+        .with_label_values(&[source, if ok { "ok" } else { "error" }])
+        .inc();
+}
+
+/// The sweeper returned an expired run to `queued` (`requeued`) or failed it.
+pub(crate) fn lease_expired(requeued: bool) {
+    metrics()
+        .lease_expirations
+        .with_label_values(&[if requeued { "requeued" } else { "failed" }])
+        .inc();
+}
+
+/// Bind the admin port; an unusable address stops the worker at start.
+pub(crate) async fn bind(ctx: &Ctx) -> anyhow::Result<TcpListener> {
+    let addr = ctx.settings.worker.metrics_listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("worker.metrics_listen {addr}: {e}"))?;
+    let port = listener.local_addr()?.port();
+    tracing::info!(port, "metrics listening");
+    Ok(listener)
+}
+
+/// Serve the admin port until `shutdown`.
+pub(crate) async fn serve(ctx: Arc<Ctx>, listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(ctx.clone(), stream));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One request per connection: read the head, answer, close.
+async fn handle(ctx: Arc<Ctx>, mut stream: TcpStream) {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if !matches!(read, Ok(Ok(()))) {
+        return;
+    }
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/metrics") => {
+            refresh_gauges(&ctx).await;
+            (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics().render(),
+            )
+        }
+        ("GET", "/healthz") => ("200 OK", "application/json", r#"{"status":"ok"}"#.into()),
+        ("GET", "/readyz") => {
+            let (database, broker) = readiness(&ctx).await;
+            let ok = database && broker;
+            (
+                if ok {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                },
+                "application/json",
+                serde_json::json!({
+                    "status": if ok { "ok" } else { "unavailable" },
+                    "checks": { "database": database, "broker": broker },
+                })
+                .to_string(),
+            )
+        }
+        (_, "/metrics" | "/healthz" | "/readyz") => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "method not allowed\n".into(),
+        ),
+        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+async fn database_ok(ctx: &Ctx) -> bool {
+    let check = async {
+        let client = ctx.pool.get().await.ok()?;
+        client.simple_query("SELECT 1").await.ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), check)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+async fn readiness(ctx: &Ctx) -> (bool, bool) {
+    let database = database_ok(ctx).await;
+    let broker = ctx.broker.get().is_some();
+    (database, broker)
+}
+
+/// Read the deployment-wide gauges. A dependency that does not answer leaves
+/// its gauges at their last value and sets `depot_dependency_up` to 0.
+async fn refresh_gauges(ctx: &Ctx) {
+    let m = metrics();
+    let backlog = async {
+        let client = ctx.pool.get().await.ok()?;
+        depot_store::outbox::backlog(&client).await.ok()
+    };
+    let backlog = tokio::time::timeout(Duration::from_secs(2), backlog)
+        .await
+        .ok()
+        .flatten();
+    if let Some(n) = backlog {
+        m.outbox_backlog.set(n);
+    }
+    m.dependency_up
+        .with_label_values(&["database"])
+        .set(i64::from(backlog.is_some()));
+    let mut broker_ok = false;
+    if let Some(broker) = ctx.broker.get() {
+        let topology = broker.topology().clone();
+        let depths = async {
+            let jobs = broker.queue_depth(&topology.jobs_queue()).await.ok()?;
+            let dead = broker.queue_depth(&topology.dead_queue()).await.ok()?;
+            Some((jobs, dead))
+        };
+        if let Ok(Some((jobs, dead))) = tokio::time::timeout(Duration::from_secs(2), depths).await {
+            m.queue_messages
+                .with_label_values(&["jobs"])
+                .set(i64::from(jobs));
+            m.queue_messages
+                .with_label_values(&["dead"])
+                .set(i64::from(dead));
+            broker_ok = true;
+        }
+    }
+    m.dependency_up
+        .with_label_values(&["broker"])
+        .set(i64::from(broker_ok));
+}

@@ -1,0 +1,1118 @@
+#!/usr/bin/env python3
+"""`make bench` driver (started by scripts/bench.sh, which installs the tools
+and builds the release binaries first).
+
+Starts its own git upstream, gateway and workers against a database and a
+broker namespace of its own, measures every figure of issue 7 back to back
+with its baseline, prints a table of ratios, writes it into
+docs/benchmarks.md, and removes what it created (database, broker queues and
+exchanges, temporary directory).
+
+Every figure is a ratio against a baseline measured in the same run on the
+same machine: on a shared 2-core box the absolute numbers are noise.
+
+Environment knobs (defaults in brackets):
+  BENCH_BIN          directory with the release binaries [target/release]
+  BENCH_SECONDS      length of one load run, seconds [8]
+  BENCH_ROUNDS       alternating rounds of (depot, baseline) load runs [2]
+  BENCH_CONNECTIONS  concurrent connections / pgbench clients [64]
+  BENCH_COMMITS      commits of the large repository [20000]
+  BENCH_BRANCHES     branches of the large repository [9000]
+  BENCH_TAGS         tags of the large repository (1 in 5 annotated) [1000]
+  BENCH_SMALL_REPOS  repositories per worker-scaling run [500]
+  BENCH_WORKERS      worker process counts to scale over [1,2,4]
+  BENCH_LARGE_LIMIT  seconds a large-repository sync may take [300]
+  BENCH_PORT_BASE    ports used: BASE+80 gateway, BASE+18 upstream,
+                     BASE+90.. worker metrics [18400]
+  BENCH_ONLY         comma-separated phases to run: polling,enqueue,large,scaling
+  BENCH_KEEP=1       keep the temporary directory and database
+  BENCH_NO_DOC=1     do not rewrite docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+BIN = os.path.abspath(os.environ.get(
+    "BENCH_BIN", os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")))
+SECONDS = env_int("BENCH_SECONDS", 8)
+ROUNDS = env_int("BENCH_ROUNDS", 2)
+CONNS = env_int("BENCH_CONNECTIONS", 64)
+COMMITS = env_int("BENCH_COMMITS", 20000)
+BRANCHES = env_int("BENCH_BRANCHES", 9000)
+TAGS = env_int("BENCH_TAGS", 1000)
+SMALL_REPOS = env_int("BENCH_SMALL_REPOS", 500)
+WORKER_COUNTS = [int(x) for x in os.environ.get("BENCH_WORKERS", "1,2,4").split(",")]
+PORT_BASE = env_int("BENCH_PORT_BASE", 18400)
+GATEWAY_PORT = PORT_BASE + 80
+UPSTREAM_PORT = PORT_BASE + 18
+METRICS_PORT = PORT_BASE + 90
+LARGE_LIMIT = env_int("BENCH_LARGE_LIMIT", 300)  # seconds one large sync may take
+# Distinct syncs polled. pgbench gets one script per sync (literal ids: the
+# very statement the gateway runs), and with -M prepared every client
+# prepares every script once: keep it small so that is amortized.
+POLL_SYNCS = 8
+MEDIUM_REFS = 1001  # refs of the "medium" repository: the large history, fewer refs
+ENQ_REPOS = 1000  # repositories the enqueue load spreads over
+WORKER_CONCURRENCY = 4  # the built-in default of worker.concurrency
+PG = dict(host="127.0.0.1", port="5432", user="postgres")
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
+
+T0 = time.monotonic()
+SUFFIX = f"{int(time.time())}_{os.getpid()}"
+DB = f"depot_bench_{SUFFIX}"
+NAMESPACE = f"bench-{SUFFIX}"
+ORG = "bench"
+
+
+def log(msg: str) -> None:
+    print(f"bench [{time.monotonic() - T0:6.1f}s] {msg}", flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# --------------------------------------------------------------- processes
+
+PROCS: list["Proc"] = []
+
+
+class Proc:
+    """A child in its own session, logging to WORK/logs/NAME.log."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: str):
+        self.name = name
+        self.logpath = os.path.join(logdir, f"{name}.log")
+        self.logfile = open(self.logpath, "wb")
+        self.p = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=self.logfile,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        PROCS.append(self)
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def status_kb(self, field: str) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise BenchError(f"{field} missing for {self.name}")
+
+    def log_text(self) -> str:
+        try:
+            with open(self.logpath, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self, limit: float = 15.0) -> None:
+        if self.p.poll() is None:
+            try:
+                os.kill(self.p.pid, signal.SIGTERM)
+                self.p.wait(limit)
+            except subprocess.TimeoutExpired:
+                os.kill(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+            except ProcessLookupError:
+                pass
+        self.logfile.close()
+        if self in PROCS:
+            PROCS.remove(self)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_until(what: str, check, limit: float = 60.0, proc: Proc | None = None, pause=0.05):
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            v = check()
+        except (OSError, http.client.HTTPException):
+            v = None
+        if v:
+            return v
+        if proc is not None and not proc.alive():
+            raise BenchError(f"{proc.name} exited while waiting for {what}:\n{proc.log_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {limit:.0f}s waiting for {what}")
+        time.sleep(pause)
+
+
+def run(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("check", True)
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    try:
+        return subprocess.run(argv, **kw)
+    except subprocess.CalledProcessError as e:
+        out = (e.stdout or b"") + (e.stderr or b"") if isinstance(e.stdout, bytes) else f"{e.stdout or ''}{e.stderr or ''}"
+        raise BenchError(f"{' '.join(argv[:4])}... failed ({e.returncode}): {str(out)[-2000:]}") from None
+
+
+def timed(argv: list[str], **kw) -> float:
+    t = time.monotonic()
+    run(argv, stdout=subprocess.DEVNULL, **kw)
+    return time.monotonic() - t
+
+
+def timed_rss(argv: list[str], cwd: str | None = None) -> tuple[float, int]:
+    """Wall time and peak RSS (KiB, largest process of the tree) of a command,
+    measured by a fresh python wrapper so that earlier children do not count."""
+    wrapper = (
+        "import resource,subprocess,sys,time;t=time.monotonic();"
+        "r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL);"
+        "print(time.monotonic()-t,resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,r.returncode)"
+    )
+    out = run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, cwd=cwd).stdout.split()
+    if out[2] != "0":
+        raise BenchError(f"{' '.join(argv)} exited {out[2]}")
+    return float(out[0]), int(out[1])
+
+
+# ---------------------------------------------------------------- postgres
+
+
+def psql(sql: str, db: str = DB) -> str:
+    return run(
+        ["psql", "-h", PG["host"], "-p", PG["port"], "-U", PG["user"], "-d", db,
+         "-v", "ON_ERROR_STOP=1", "-qAtX", "-c", sql],
+        capture_output=True, text=True,
+    ).stdout.strip()
+
+
+def free_pg_connections() -> int:
+    out = psql(
+        "SELECT current_setting('max_connections')::int"
+        " - current_setting('superuser_reserved_connections')::int"
+        " - (SELECT count(*) FROM pg_stat_activity)", db="postgres")
+    return int(out)
+
+
+def pgbench(scripts: list[str], clients: int, seconds: int, tag: str, work: str) -> dict:
+    """Run pgbench (prepared statements) and return tps and latency
+    percentiles from its per-transaction log."""
+    logdir = os.path.join(work, "pgbench", tag)
+    os.makedirs(logdir, exist_ok=True)
+    # Other processes share the server: do not fail on max_connections.
+    free = free_pg_connections()
+    if free < clients + 2:
+        log(f"pgbench: only {free} free Postgres connections; waiting up to 30 s")
+        try:
+            wait_until("free Postgres connections", lambda: free_pg_connections() >= clients + 2, 30, pause=1)
+        except BenchError:
+            clients = max(2, free_pg_connections() - 2)
+            log(f"pgbench: running with {clients} clients instead")
+    argv = ["pgbench", "-h", PG["host"], "-p", PG["port"], "-U", PG["user"], "-n", "-M", "prepared",
+            "-c", str(clients), "-j", "2", "-T", str(seconds), "-l", "--log-prefix", os.path.join(logdir, "tx")]
+    for s in scripts:
+        argv += ["-f", s]
+    argv.append(DB)
+    out = run(argv, capture_output=True, text=True).stdout
+    m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+    if not m:
+        raise BenchError(f"pgbench printed no tps:\n{out}")
+    lat = []
+    for name in os.listdir(logdir):
+        with open(os.path.join(logdir, name)) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    lat.append(int(parts[2]))
+        os.remove(os.path.join(logdir, name))
+    lat.sort()
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    return {
+        "rps": float(m.group(1)),
+        "p50_ms": lat[len(lat) // 2] / 1000 if lat else float("nan"),
+        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1000 if lat else float("nan"),
+        "clients": clients,
+        "errors": int(failed.group(1)) if failed else 0,
+    }
+
+
+# --------------------------------------------------------------------- wrk
+
+WRK_OUTPUTS: list[str] = []
+
+
+def wrk(script: str, paths_file: str, key: str, seconds: int, extra_env: dict | None = None,
+        conns: int = CONNS) -> dict:
+    env = dict(os.environ, BENCH_PATHS=paths_file, BENCH_KEY=key, **(extra_env or {}))
+    out = run(
+        ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", script,
+         f"http://127.0.0.1:{GATEWAY_PORT}"],
+        capture_output=True, text=True, env=env,
+    ).stdout
+    WRK_OUTPUTS.append(out)
+    line = next((l for l in out.splitlines() if l.startswith("BENCHJSON ")), None)
+    if line is None:
+        raise BenchError(f"wrk printed no result:\n{out}")
+    r = json.loads(line[len("BENCHJSON "):])
+    errors = r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["status_errors"] + r["timeouts"]
+    ok = r["requests"] - r["status_errors"]
+    return {
+        # Only successful answers count as throughput.
+        "rps": ok / (r["duration_us"] / 1e6),
+        "p50_ms": r["p50_us"] / 1000 if r["requests"] else float("nan"),
+        "p99_ms": r["p99_us"] / 1000 if r["requests"] else float("nan"),
+        "errors": errors,
+        "requests": r["requests"],
+    }
+
+
+# --------------------------------------------------------------------- api
+
+
+class Api:
+    """One keep-alive connection per thread."""
+
+    def __init__(self, port: int, key: str):
+        self.port, self.key = port, key
+        self.local = threading.local()
+
+    def call(self, method: str, path: str, body=None) -> tuple[int, object]:
+        for attempt in range(3):
+            conn = getattr(self.local, "conn", None)
+            if conn is None:
+                conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            headers = {"Authorization": f"Bearer {self.key}"}
+            data = None
+            if body is not None:
+                data = json.dumps(body).encode()
+                headers["Content-Type"] = "application/json"
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                res = conn.getresponse()
+                raw = res.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                self.local.conn = None
+                if attempt == 2:
+                    raise
+                continue
+            return res.status, (json.loads(raw) if raw else None)
+        raise AssertionError("unreachable")
+
+    def must(self, method: str, path: str, body=None, want=(200, 201)) -> dict:
+        status, out = self.call(method, path, body)
+        if status not in want:
+            raise BenchError(f"{method} {path}: {status} {out}")
+        return out  # type: ignore[return-value]
+
+
+def parallel(fn, items, threads: int = 16) -> list:
+    with ThreadPoolExecutor(threads) as ex:
+        return list(ex.map(fn, items))
+
+
+# ------------------------------------------------------------------ git data
+
+
+def init_bare(path: str) -> None:
+    run(["git", "init", "-q", "--bare", path])
+    run(["git", "--git-dir", path, "config", "http.receivepack", "true"])
+
+
+def gen_large_repo(path: str) -> None:
+    """COMMITS commits on main (each changes one of 200 files in 10
+    directories), BRANCHES branches and TAGS tags spread over the history,
+    written with one `git fast-import` stream."""
+    init_bare(path)
+    fi = subprocess.Popen(["git", "--git-dir", path, "fast-import", "--quiet", "--done"],
+                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert fi.stdin is not None
+    w = fi.stdin.write
+    files: dict[int, list[str]] = {}
+    ts = 1_600_000_000
+    buf: list[bytes] = []
+
+    def data(b: bytes) -> bytes:
+        return b"data %d\n%s\n" % (len(b), b)
+
+    for n in range(1, COMMITS + 1):
+        f = (n * 7919) % 200
+        lines = files.setdefault(f, [])
+        lines.append(f"line {n}: the quick brown fox jumps over the lazy dog {n * 31 % 977}")
+        if len(lines) > 60:
+            del lines[0]
+        content = ("\n".join(lines) + "\n").encode()
+        msg = f"Change {n}: touch file {f}\n\nGenerated by make bench.\n".encode()
+        buf.append(b"commit refs/heads/main\nmark :%d\ncommitter Bench <bench@example.com> %d +0000\n"
+                   % (n, ts + n * 60))
+        buf.append(data(msg))
+        buf.append(b"M 100644 inline dir%d/file%03d.txt\n" % (f % 10, f))
+        buf.append(data(content))
+        if len(buf) > 4000:
+            w(b"".join(buf))
+            buf.clear()
+    for i in range(BRANCHES):
+        mark = 1 + (i * (COMMITS - 1)) // max(1, BRANCHES - 1)
+        buf.append(b"reset refs/heads/feature/%05d\nfrom :%d\n\n" % (i, mark))
+    for i in range(TAGS):
+        mark = 1 + (i * (COMMITS - 1)) // max(1, TAGS - 1)
+        if i % 5 == 0:
+            buf.append(b"tag rel/%05d\nfrom :%d\ntagger Bench <bench@example.com> %d +0000\n"
+                       % (i, mark, ts + mark * 60))
+            buf.append(data(b"release %d\n" % i))
+        else:
+            buf.append(b"reset refs/tags/v%05d\nfrom :%d\n\n" % (i, mark))
+    buf.append(b"done\n")
+    w(b"".join(buf))
+    fi.stdin.close()
+    if fi.wait() != 0:
+        raise BenchError("git fast-import failed")
+    run(["git", "--git-dir", path, "pack-refs", "--all"])
+
+
+def gen_subset_repo(large: str, path: str, refs: int) -> None:
+    """The large repository's history with only its first `refs` refs
+    (main, then branches, then 1 in 10 tags): objects shared through
+    objects/info/alternates, refs written as one packed-refs file."""
+    init_bare(path)
+    with open(os.path.join(path, "objects", "info", "alternates"), "w") as f:
+        f.write(os.path.join(os.path.abspath(large), "objects") + "\n")
+    lines = open(os.path.join(large, "packed-refs")).read().splitlines()
+    entries: list[list[str]] = []
+    for line in lines:
+        if line.startswith("#"):
+            continue
+        if line.startswith("^"):
+            entries[-1].append(line)
+        else:
+            entries.append([line])
+    main = [e for e in entries if e[0].endswith(" refs/heads/main")]
+    branches = [e for e in entries if " refs/heads/" in e[0] and e not in main]
+    tags = [e for e in entries if " refs/tags/" in e[0]]
+    n_tags = min(len(tags), max(0, refs // 10))
+    chosen = main + branches[: max(0, refs - 1 - n_tags)] + tags[:n_tags]
+    chosen.sort(key=lambda e: e[0].split(" ", 1)[1])
+    with open(os.path.join(path, "packed-refs"), "w") as f:
+        f.write("# pack-refs with: peeled fully-peeled sorted \n")
+        for e in chosen:
+            f.write("\n".join(e) + "\n")
+
+
+def gen_small_repo(path: str, scratch: str) -> None:
+    init_bare(path)
+    fi = subprocess.Popen(["git", "--git-dir", path, "fast-import", "--quiet", "--done"],
+                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert fi.stdin is not None
+    s = []
+    for n in range(1, 4):
+        body = f"small {n}\n".encode()
+        s.append(b"commit refs/heads/main\nmark :%d\ncommitter Bench <b@example.com> %d +0000\ndata 6\nsmall\nM 100644 inline README\ndata %d\n%s\n"
+                 % (n, 1_600_000_000 + n, len(body), body))
+    s.append(b"reset refs/tags/v1\nfrom :2\n\ndone\n")
+    fi.stdin.write(b"".join(s))
+    fi.stdin.close()
+    if fi.wait() != 0:
+        raise BenchError("git fast-import failed (small)")
+
+
+def count_refs(git_dir: str) -> int:
+    out = run(["git", "--git-dir", git_dir, "for-each-ref", "--format=x", "refs/heads", "refs/tags"],
+              capture_output=True, text=True).stdout
+    return len(out.splitlines())
+
+
+# ------------------------------------------------------------------ broker
+
+
+def broker_cleanup(purge_only: bool = False) -> None:
+    """Purge (between phases) or delete (at the end) this run's queues and
+    exchanges. Uses pika (scripts/bench.sh installs it); the delay queues
+    expire by themselves."""
+    try:
+        import pika  # type: ignore
+    except ImportError:
+        log("pika missing: broker objects of namespace %s not cleaned" % NAMESPACE)
+        return
+    params = pika.URLParameters(AMQP_URL)
+    conn = pika.BlockingConnection(params)
+    try:
+        for q in (f"{NAMESPACE}.sync.jobs", f"{NAMESPACE}.sync.dead"):
+            ch = conn.channel()
+            try:
+                if purge_only:
+                    ch.queue_purge(q)
+                else:
+                    ch.queue_delete(q)
+            except Exception:  # noqa: BLE001 - absent queue closes the channel
+                pass
+        if not purge_only:
+            for e in (f"{NAMESPACE}.sync", f"{NAMESPACE}.sync.dlx"):
+                ch = conn.channel()
+                try:
+                    ch.exchange_delete(e)
+                except Exception:  # noqa: BLE001
+                    pass
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------- bench
+
+
+class Bench:
+    def __init__(self) -> None:
+        self.work = tempfile.mkdtemp(prefix="depot-bench-")
+        self.logs = os.path.join(self.work, "logs")
+        os.makedirs(self.logs)
+        self.upstream_root = os.path.join(self.work, "upstream")
+        os.makedirs(self.upstream_root)
+        self.rows: list[dict] = []
+        self.notes: list[str] = []
+        self.gateway: Proc | None = None
+        self.workers: list[Proc] = []
+        self.db_created = False
+        self.key = ""
+        self.api: Api | None = None
+        self.credential_key = base64.b64encode(os.urandom(32)).decode()
+
+    # ------------------------------------------------------------ plumbing
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("DEPOT") and k not in ("RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT")}
+        env.update({
+            "DEPOT__DATABASE__URL": f"postgres://postgres@127.0.0.1:5432/{DB}",
+            "DEPOT__AMQP__URL": AMQP_URL,
+            "DEPOT__AMQP__NAMESPACE": NAMESPACE,
+            "DEPOT__GATEWAY__LISTEN": f"127.0.0.1:{GATEWAY_PORT}",
+            "DEPOT__STORAGE__ROOT": os.path.join(self.work, "storage"),
+            "DEPOT__WORKER__METRICS_LISTEN": f"127.0.0.1:{METRICS_PORT}",
+            "DEPOT__UPSTREAM__ALLOWED_SCHEMES": "http,https",
+            "DEPOT__UPSTREAM__ALLOW_PRIVATE_NETWORKS": "true",
+            "DEPOT__SECRETS__CREDENTIAL_KEY": self.credential_key,
+            "DEPOT__TELEMETRY__FORMAT": "json",
+            "DEPOT__TELEMETRY__FILTER": "info",
+        })
+        env.update(extra)
+        return env
+
+    def bin(self, name: str) -> str:
+        path = os.path.join(BIN, name)
+        if not os.access(path, os.X_OK):
+            raise BenchError(f"{path} missing: build with `cargo build --release --bins`")
+        return path
+
+    def admin(self, *args: str) -> str:
+        # Setup only (never measured): a debug build serves when the release
+        # one is missing.
+        admin = os.path.join(BIN, "depot-admin")
+        if not os.access(admin, os.X_OK):
+            admin = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")),
+                                 "debug", "depot-admin")
+        if not os.access(admin, os.X_OK):
+            admin = self.bin("depot-admin")
+        return run([admin, *args], env=self.env(), capture_output=True, text=True).stdout
+
+    def start_gateway(self, **extra: str) -> Proc:
+        self.gateway_starts = getattr(self, "gateway_starts", 0) + 1
+        p = Proc(f"gateway-{self.gateway_starts}", [self.bin("depot-gateway")], self.env(**extra), self.logs)
+        self.gateway = p
+
+        def ready():
+            c = http.client.HTTPConnection("127.0.0.1", GATEWAY_PORT, timeout=2)
+            try:
+                c.request("GET", "/readyz")
+                return c.getresponse().status == 200
+            finally:
+                c.close()
+
+        wait_until("gateway /readyz", ready, 60, p)
+        return p
+
+    def stop_gateway(self) -> None:
+        if self.gateway:
+            t = time.monotonic()
+            self.gateway.stop()
+            if time.monotonic() - t > 2:
+                log(f"   ({self.gateway.name} took {time.monotonic() - t:.1f} s to stop)")
+            self.gateway = None
+
+    def start_workers(self, n: int, **extra: str) -> list[Proc]:
+        out = []
+        for i in range(n):
+            self.worker_starts = getattr(self, "worker_starts", 0) + 1
+            p = Proc(f"worker-{self.worker_starts}", [self.bin("depot-worker")],
+                     self.env(**{"DEPOT__WORKER__METRICS_LISTEN": f"127.0.0.1:{METRICS_PORT + len(self.workers)}",
+                                 "DEPOT__WORKER__CONCURRENCY": str(WORKER_CONCURRENCY),
+                                 # libgit2's own error text is logged at debug
+                                 "DEPOT__TELEMETRY__FILTER": "info,depot_gitsync::error=debug", **extra}),
+                     self.logs)
+            self.workers.append(p)
+            out.append(p)
+        for p in out:
+            wait_until(f"{p.name} consuming", lambda p=p: '"consuming sync jobs"' in p.log_text(), 60, p)
+        return out
+
+    def stop_workers(self) -> None:
+        for p in self.workers:
+            p.stop()
+        self.workers = []
+
+    def row(self, figure: str, value: str, baseline: str, base_value: str, ratio: float | None,
+            better: str) -> None:
+        self.rows.append(dict(figure=figure, value=value, baseline=baseline, base_value=base_value,
+                              ratio=ratio, better=better))
+        r = "n/a" if ratio is None else f"{ratio:.3f}"
+        log(f"RESULT {figure}: {value} | baseline {baseline}: {base_value} | ratio {r}")
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{UPSTREAM_PORT}/{name}.git"
+
+    def create_repo(self, name: str, upstream: str) -> dict:
+        assert self.api
+        return self.api.must("POST", f"/v1/{ORG}/repos", {"name": name, "upstream": {"url": self.url(upstream)}})
+
+    def enqueue(self, repo: str, direction: str = "pull", globs: dict | None = None) -> dict:
+        assert self.api
+        body: dict = {"direction": direction}
+        if globs:
+            body["ref_globs"] = globs
+        return self.api.must("POST", f"/v1/{ORG}/{repo}/upstream/syncs", body, want=(201,))
+
+    def wait_sync(self, repo: str, sync_id: str, limit: float) -> dict:
+        """Poll until completed or failed; a sync still running at `limit`
+        is returned as it is (status in_progress/queued)."""
+        assert self.api
+        path = f"/v1/{ORG}/{repo}/upstream/syncs/{sync_id}"
+        last: dict = {}
+
+        def done():
+            s = self.api.must("GET", path)
+            last.update(s)
+            return s if s["status"] in ("completed", "failed") else None
+
+        try:
+            return wait_until(f"sync {sync_id} of {repo}", done, limit, pause=0.02)
+        except BenchError:
+            return dict(last, status=f"still {last.get('status')} after {limit:.0f} s")
+
+    def timed_sync(self, repo: str, direction: str, limit: float = 600) -> tuple[float, dict]:
+        t = time.monotonic()
+        s = self.enqueue(repo, direction)
+        s = self.wait_sync(repo, s["id"], limit)
+        return time.monotonic() - t, s
+
+    def sync_row(self, figure: str, elapsed: float, sync: dict, baseline: str, base: float) -> bool:
+        if sync["status"] == "completed":
+            self.row(figure, f"{elapsed:.2f} s", baseline, f"{base:.2f} s", elapsed / base, "lower")
+            return True
+        why = sync.get("error") or sync["status"]
+        self.row(figure, f"FAILED after {elapsed:.1f} s ({why})", baseline, f"{base:.2f} s", None, "lower")
+        self.notes.append(f"{figure}: the sync ended `{sync['status']}` with error `{why}` "
+                          f"after {elapsed:.1f} s (attempt {sync.get('attempt')})")
+        return False
+
+    def quiesce_queued(self) -> None:
+        """Drop queued syncs left by the load phases (and their messages) so
+        that workers started later see only their own work."""
+        t = time.monotonic()
+        # outbox.sync_id has no index: deleting syncs first would make the
+        # ON DELETE CASCADE scan the outbox once per sync (minutes).
+        psql("TRUNCATE outbox; DELETE FROM syncs WHERE status = 'queued'")
+        broker_cleanup(purge_only=True)
+        log(f"   (dropped queued syncs and purged the jobs queue in {time.monotonic() - t:.1f} s)")
+
+    # -------------------------------------------------------------- setup
+
+    def setup(self) -> None:
+        for port in [GATEWAY_PORT, UPSTREAM_PORT] + [METRICS_PORT + i for i in range(sum(WORKER_COUNTS) + 2)]:
+            if port_open(port):
+                raise BenchError(f"port {port} is in use: set BENCH_PORT_BASE to another base")
+        log(f"work dir {self.work}, database {DB}, broker namespace {NAMESPACE}")
+        t = time.monotonic()
+        gen_large_repo(os.path.join(self.upstream_root, "large.git"))
+        gen_subset_repo(os.path.join(self.upstream_root, "large.git"),
+                        os.path.join(self.upstream_root, "medium.git"), MEDIUM_REFS)
+        gen_small_repo(os.path.join(self.upstream_root, "small.git"), self.work)
+        init_bare(os.path.join(self.upstream_root, "push-depot.git"))
+        init_bare(os.path.join(self.upstream_root, "push-git.git"))
+        init_bare(os.path.join(self.upstream_root, "push-depot-medium.git"))
+        init_bare(os.path.join(self.upstream_root, "push-git-medium.git"))
+        self.large_refs = count_refs(os.path.join(self.upstream_root, "large.git"))
+        log(f"generated large repository: {COMMITS} commits, {self.large_refs} refs "
+            f"({time.monotonic() - t:.1f}s)")
+        self.upstream = Proc("upstream", [self.bin("depot-dev-upstream"), "--root", self.upstream_root,
+                                          "--listen", f"127.0.0.1:{UPSTREAM_PORT}"], self.env(), self.logs)
+        wait_until("git upstream", lambda: port_open(UPSTREAM_PORT), 30, self.upstream)
+        self.db_created = True
+        out = self.admin("migrate")
+        log(f"migrated: {out.strip().splitlines()[-1] if out.strip() else ''}")
+        self.admin("org", "create", ORG, "--exists-ok")
+        self.key = self.admin("key", "create", "--org", ORG, "--scopes", "read,write").strip().splitlines()[-1]
+        self.api = Api(GATEWAY_PORT, self.key)
+
+    # ------------------------------------------------------- 1. polling
+
+    def bench_polling(self) -> None:
+        log("1. status polling: creating %d repositories with a sync each" % POLL_SYNCS)
+        assert self.api
+        gw = self.start_gateway()
+        idle_rss = gw.status_kb("VmRSS")
+        names = [f"poll-{i:03d}" for i in range(POLL_SYNCS)]
+        parallel(lambda n: self.create_repo(n, "small"), names)
+        # Fewer threads than the pool has connections: a POST holds two at
+        # once (see docs/benchmarks.md).
+        syncs = parallel(lambda n: (n, self.enqueue(n)), names, threads=6)
+        paths = os.path.join(self.work, "poll.paths")
+        with open(paths, "w") as f:
+            for n, s in syncs:
+                f.write(f"/v1/{ORG}/{n}/upstream/syncs/{s['id']}\n")
+        sql_dir = os.path.join(self.work, "pgbench-poll")
+        os.makedirs(sql_dir)
+        scripts, full = [], []
+        cols = ("s.id, s.repo_id, s.seq, s.direction, s.status, s.attempt, s.branches_glob, s.tags_glob, "
+                "s.stats, s.error, s.created_at, s.started_at, s.finished_at")
+        key_hash = __import__("hashlib").sha256(self.key.encode()).hexdigest()
+        org_id = psql(f"SELECT id FROM orgs WHERE slug = '{ORG}'")
+        for i, (n, s) in enumerate(syncs):
+            # The gateway's statement (crates/store/src/syncs.rs `get`), one
+            # primary-key lookup per transaction.
+            p = os.path.join(sql_dir, f"pk{i:03d}.sql")
+            with open(p, "w") as f:
+                f.write(f"SELECT {cols} FROM syncs s WHERE s.repo_id = '{s['repo_id']}' AND s.id = '{s['id']}';\n")
+            scripts.append(p)
+            # Everything the gateway sends Postgres for one poll: the two
+            # pool checkouts' liveness checks, the key, the repo, the sync.
+            p = os.path.join(sql_dir, f"full{i:03d}.sql")
+            with open(p, "w") as f:
+                f.write(
+                    "SELECT 1;\n"
+                    "SELECT k.id, k.org_id, o.slug, o.name, k.scopes, k.expires_at, k.revoked_at "
+                    f"FROM api_keys k JOIN orgs o ON o.id = k.org_id WHERE k.key_hash = '\\x{key_hash}'::bytea;\n"
+                    "SELECT 1;\n"
+                    "SELECT r.id, r.org_id, r.seq, r.name, r.default_bookmark, r.head_commit, r.tags, r.created_at, "
+                    "u.url, u.auth_kind, u.credential FROM repos r LEFT JOIN upstreams u ON u.repo_id = r.id "
+                    f"WHERE r.org_id = '{org_id}' AND r.name = '{n}';\n"
+                    f"SELECT {cols} FROM syncs s WHERE s.repo_id = '{s['repo_id']}' AND s.id = '{s['id']}';\n")
+            full.append(p)
+        script = os.path.join(HERE, "poll.lua")
+        wrk(script, paths, self.key, 2)  # warm-up: connections, caches
+        g, b = [], []
+        for r in range(ROUNDS):
+            g.append(wrk(script, paths, self.key, SECONDS))
+            b.append(pgbench(scripts, CONNS, SECONDS, f"poll{r}", self.work))
+        bf = pgbench(full, CONNS, SECONDS, "pollfull", self.work)
+        peak = gw.status_kb("VmHWM")
+        self.log_summary(gw, "polling")
+        self.report_load("1. GET sync status", g, b, "pgbench: the same primary-key SELECT")
+        gr = statistics.median(x["rps"] for x in g)
+        self.row("1c. GET sync status: the gateway's 5 statements per poll, via pgbench", f"{bf['rps']:.0f} tps",
+                 "pgbench: the primary-key SELECT alone", f"{statistics.median(x['rps'] for x in b):.0f} tps",
+                 bf["rps"] / statistics.median(x["rps"] for x in b), "diagnostic: SQL round trips alone")
+        self.row("1d. GET sync status vs pgbench of its 5 statements", f"{gr:.0f} rps",
+                 "pgbench: the gateway's 5 statements per poll", f"{bf['rps']:.0f} tps", gr / bf["rps"],
+                 "higher (1.0 = HTTP layer free)")
+        self.row("6b. gateway peak RSS under polling load", f"{peak / 1024:.1f} MiB",
+                 "gateway RSS idle after start", f"{idle_rss / 1024:.1f} MiB", peak / idle_rss, "lower")
+        # Same load with per-request info logging off, back to back with a
+        # fresh gateway at info: what the log line costs.
+        self.stop_gateway()
+        pair = {}
+        for level in ("warn", "info"):
+            self.start_gateway(DEPOT__TELEMETRY__FILTER=level)
+            wrk(script, paths, self.key, 2)
+            pair[level] = wrk(script, paths, self.key, SECONDS)["rps"]
+            self.stop_gateway()
+        self.row("1e. GET sync status, telemetry.filter=warn", f"{pair['warn']:.0f} rps",
+                 "same, telemetry.filter=info, fresh gateway", f"{pair['info']:.0f} rps",
+                 pair["warn"] / pair["info"], "diagnostic: >1 = per-request logging cost")
+
+    def log_summary(self, proc: Proc, phase: str) -> None:
+        """Count the warnings and errors a process logged, by message."""
+        counts: dict[str, int] = {}
+        for line in proc.log_text().splitlines():
+            try:
+                v = json.loads(line)
+            except ValueError:
+                continue
+            level = str(v.get("level", "")).upper()
+            if v.get("target") == "depot_gitsync::error":
+                # Its `message` field (libgit2's text) shadows the event's.
+                msg = f"libgit2 error: {v.get('message')}"
+                counts[msg] = counts.get(msg, 0) + 1
+            elif level in ("WARN", "ERROR"):
+                msg = f"{level} {v.get('fields', {}).get('message', v.get('message', '?'))}"
+                counts[msg] = counts.get(msg, 0) + 1
+        for msg, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+            self.notes.append(f"{phase}: {proc.name} logged {n} x `{msg}`")
+
+    def report_load(self, title: str, g: list[dict], b: list[dict], baseline: str, conns: int = CONNS) -> None:
+        rps = [x["rps"] for x in g]
+        tps = [x["rps"] for x in b]
+        ratios = [x / y for x, y in zip(rps, tps)]
+        gr, br = statistics.median(rps), statistics.median(tps)
+        spread = f" (rounds: {', '.join(f'{r:.3f}' for r in ratios)})" if len(ratios) > 1 else ""
+        errs = sum(x["errors"] for x in g)
+        berrs = sum(x["errors"] for x in b)
+        err_note = f", {errs} non-2xx/errors of {sum(x['requests'] for x in g)}" if errs else ""
+        b_note = f", {berrs} failed" if berrs else ""
+        if b[0].get("clients", conns) != conns:
+            b_note += f", {b[0]['clients']} clients"
+        self.row(f"{title}: throughput at {conns} connections", f"{gr:.0f} rps{err_note}", baseline,
+                 f"{br:.0f} tps{b_note}", statistics.median(ratios), "higher" + spread)
+        gp50, bp50 = statistics.median(x["p50_ms"] for x in g), statistics.median(x["p50_ms"] for x in b)
+        gp99, bp99 = statistics.median(x["p99_ms"] for x in g), statistics.median(x["p99_ms"] for x in b)
+        self.row(f"{title}: p50 latency at {conns}", f"{gp50:.2f} ms", baseline, f"{bp50:.2f} ms", gp50 / bp50, "lower")
+        self.row(f"{title}: p99 latency at {conns}", f"{gp99:.2f} ms", baseline, f"{bp99:.2f} ms", gp99 / bp99, "lower")
+
+    # ------------------------------------------------------- 2. enqueue
+
+    def bench_enqueue(self) -> None:
+        log(f"2. enqueue: creating {ENQ_REPOS} repositories")
+        assert self.api
+        gw = self.start_gateway()
+        names = [f"enq-{i:04d}" for i in range(ENQ_REPOS)]
+        repos = parallel(lambda n: self.create_repo(n, "small"), names)
+        paths = os.path.join(self.work, "enqueue.paths")
+        with open(paths, "w") as f:
+            for n in names:
+                f.write(f"/v1/{ORG}/{n}/upstream/syncs\n")
+        psql("CREATE TABLE bench_repo_ids (n int PRIMARY KEY, id text NOT NULL)")
+        psql("INSERT INTO bench_repo_ids VALUES " + ",".join(f"({i + 1}, '{r['id']}')" for i, r in enumerate(repos)))
+        script = os.path.join(self.work, "enqueue.sql")
+        with open(script, "w") as f:
+            # The gateway's write transaction (crates/store/src/syncs.rs
+            # `enqueue`, outbox.rs `insert`): sync row + outbox row, commit.
+            f.write(
+                f"\\set r random(1, {ENQ_REPOS})\n"
+                "SELECT id AS repo_id FROM bench_repo_ids WHERE n = :r \\gset\n"
+                "BEGIN;\n"
+                "INSERT INTO syncs AS s (id, repo_id, direction, branches_glob, tags_glob) "
+                "VALUES ('sync_' || md5(random()::text), :repo_id, 'pull', md5(random()::text), '') "
+                "ON CONFLICT (repo_id, direction, branches_glob, tags_glob) WHERE status = 'queued' AND attempt = 0 "
+                "DO NOTHING RETURNING s.id AS sid \\gset\n"
+                "INSERT INTO outbox (sync_id, payload) VALUES (:sid, '\\x0a00'::bytea) RETURNING id;\n"
+                "COMMIT;\n")
+        lua = os.path.join(HERE, "enqueue.lua")
+        wrk(lua, paths, self.key, 2, {"BENCH_RUN": "warm"})
+        g, b = [], []
+        for r in range(ROUNDS):
+            g.append(wrk(lua, paths, self.key, SECONDS, {"BENCH_RUN": f"r{r}"}))
+            b.append(pgbench([script], CONNS, SECONDS, f"enq{r}", self.work))
+        self.report_load("2. POST sync (enqueue, publisher confirms on)", g, b,
+                         "pgbench: the same INSERT transaction (sync + outbox)")
+        # Below the pool size (16): each request can hold the two pool
+        # connections it needs, so this shows the per-request cost apart
+        # from pool starvation (see docs/benchmarks.md).
+        low = 8
+        gl = [wrk(lua, paths, self.key, SECONDS, {"BENCH_RUN": "low"}, conns=low)]
+        bl = [pgbench([script], low, SECONDS, "enqlow", self.work)]
+        self.report_load("2'. POST sync (enqueue)", gl, bl,
+                         "pgbench: the same INSERT transaction (sync + outbox)", conns=low)
+        self.log_summary(gw, "enqueue")
+        unpublished = int(psql("SELECT count(*) FROM outbox o JOIN syncs s ON s.id = o.sync_id "
+                               "WHERE o.published_at IS NULL AND s.branches_glob LIKE 'bench-%'"))
+        if unpublished:
+            self.notes.append(f"enqueue: {unpublished} outbox rows of gateway requests were left unpublished "
+                              "(publish failed or timed out; the relay would repair them)")
+        self.stop_gateway()
+        psql("DROP TABLE bench_repo_ids")
+        self.quiesce_queued()
+
+    # ------------------------------------------- 3/4. large pull and push
+
+    def bench_large(self) -> None:
+        log("3. large pull: baseline git clone --mirror")
+        assert self.api
+        base = os.path.join(self.work, "baseline")
+        os.makedirs(base)
+        mirror = os.path.join(base, "large-mirror.git")
+        t_clone, rss_clone = timed_rss(["git", "clone", "--mirror", "--quiet", self.url("large"), mirror])
+        self.start_gateway()
+        # Same history, 1,001 refs: the transfer cost apart from the ref count.
+        medium_mirror = os.path.join(base, "medium-mirror.git")
+        t_mclone, rss_mclone = timed_rss(["git", "clone", "--mirror", "--quiet", self.url("medium"), medium_mirror])
+        self.create_repo("medium", "medium")
+        # One attempt: a failing run is reported as such instead of being
+        # retried with backoff for minutes.
+        [w] = self.start_workers(1, DEPOT__WORKER__MAX_ATTEMPTS="1")
+        idle_rss = w.status_kb("VmRSS")
+        log(f"3. pull of the same history with {MEDIUM_REFS} refs")
+        t_m, s = self.timed_sync("medium", "pull", LARGE_LIMIT)
+        mpeak = w.status_kb("VmHWM")
+        if self.sync_row(f"3a'. pull sync, same history with {MEDIUM_REFS} refs, POST to completed", t_m, s,
+                         "git clone --mirror of it, same server", t_mclone):
+            self.row(f"6a. worker peak RSS during the pull of {COMMITS} commits, {MEDIUM_REFS} refs",
+                     f"{mpeak / 1024:.1f} MiB", "git clone --mirror of it: peak RSS (largest process)",
+                     f"{rss_mclone / 1024:.1f} MiB", mpeak / rss_mclone, "lower")
+        self.stop_workers()
+        repo = self.create_repo("large", "large")
+        [w] = self.start_workers(1, DEPOT__WORKER__MAX_ATTEMPTS="1")
+        log("3. large pull: depot pull sync")
+        t_pull, s = self.timed_sync("large", "pull", LARGE_LIMIT)
+        peak = w.status_kb("VmHWM")
+        figure = f"3a. pull sync, large repo ({COMMITS} commits, {self.large_refs} refs), POST to completed"
+        pulled = self.sync_row(figure, t_pull, s, "git clone --mirror, same server", t_clone)
+        if pulled:
+            outcomes: dict[str, int] = {}
+            for r in s["stats"]["refs"]:
+                outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+            if outcomes.get("updated", 0) != self.large_refs:
+                self.notes.append(f"large pull outcomes: {outcomes} (expected {self.large_refs} updated)")
+        else:
+            # Give the hosted repository the data the pull should have
+            # brought, so that the no-op re-sync and the push are measured.
+            org_id = psql(f"SELECT id FROM orgs WHERE slug = '{ORG}'")
+            hosted = os.path.join(self.work, "storage", org_id, f"{repo['id']}.git")
+            shutil.rmtree(hosted, ignore_errors=True)
+            run(["git", "clone", "--mirror", "--quiet", mirror, hosted])
+            self.notes.append("the large pull failed: the hosted repository was filled with `git clone --mirror` "
+                              "so that 3b, 3c and 4 could run")
+        rss_note = "" if pulled else " (the pull FAILED: peak until the failure)"
+        self.row(f"6a''. worker peak RSS during the large pull{rss_note}", f"{peak / 1024:.1f} MiB",
+                 "git clone --mirror peak RSS (largest process)", f"{rss_clone / 1024:.1f} MiB", peak / rss_clone,
+                 "lower")
+        self.row(f"6a'. worker peak RSS during the large pull{rss_note}", f"{peak / 1024:.1f} MiB",
+                 "a fresh worker's RSS when idle", f"{idle_rss / 1024:.1f} MiB", peak / idle_rss, "lower")
+
+        log("3. no-op re-sync vs git ls-remote / git fetch")
+        noop = []
+        for _ in range(3):
+            t, s = self.timed_sync("large", "pull", LARGE_LIMIT)
+            noop.append((t, s))
+            # Repeat only while cheap: the budget of `make bench` is 15 min.
+            if s["status"] != "completed" or sum(x for x, _ in noop) > 20:
+                break
+        lsr = [timed(["git", "ls-remote", self.url("large")]) for _ in range(3)]
+        fetch = [timed(["git", "--git-dir", mirror, "fetch", "--quiet", "origin"]) for _ in range(3)]
+        tn = statistics.median(t for t, _ in noop)
+        tl, tf = statistics.median(lsr), statistics.median(fetch)
+        last = noop[-1][1]
+        runs = f"median of {len(noop)}" if len(noop) > 1 else "1 run"
+        if self.sync_row(f"3b. no-op re-sync, {self.large_refs} refs, POST to completed ({runs})", tn, last,
+                         "git ls-remote, same server", tl):
+            self.row(f"3c. no-op re-sync, {self.large_refs} refs", f"{tn:.2f} s",
+                     "git fetch into an up-to-date mirror", f"{tf:.2f} s", tn / tf, "lower")
+
+        log("4. push sync to an empty upstream vs git push --mirror")
+        t_gpush = timed(["git", "--git-dir", mirror, "push", "--mirror", "--quiet", self.url("push-git")])
+        self.api.must("PATCH", f"/v1/{ORG}/large", {"upstream": {"url": self.url("push-depot")}})
+        t_push, s = self.timed_sync("large", "push", LARGE_LIMIT)
+        if self.sync_row("4. push sync of the large repo to an empty upstream, POST to completed", t_push, s,
+                         "git push --mirror, same server", t_gpush):
+            pushed = count_refs(os.path.join(self.upstream_root, "push-depot.git"))
+            if pushed != self.large_refs:
+                self.notes.append(f"push: the upstream got {pushed} of {self.large_refs} refs")
+        # The same history with 1,001 refs, from the hosted copy the medium
+        # pull made (or, if it failed, nothing to compare).
+        t_gm = timed(["git", "--git-dir", medium_mirror, "push", "--mirror", "--quiet", self.url("push-git-medium")])
+        self.api.must("PATCH", f"/v1/{ORG}/medium", {"upstream": {"url": self.url("push-depot-medium")}})
+        t_pm, s = self.timed_sync("medium", "push", LARGE_LIMIT)
+        self.sync_row(f"4'. push sync, same history with {MEDIUM_REFS} refs, to an empty upstream", t_pm, s,
+                      "git push --mirror of it, same server", t_gm)
+        for p in self.workers:
+            self.log_summary(p, "large/medium pull and push")
+        self.stop_workers()
+        self.stop_gateway()
+
+    # ------------------------------------------------ 5. worker scaling
+
+    def bench_scaling(self) -> None:
+        assert self.api
+        self.start_gateway()
+        results: dict[int, float] = {}
+        for n in WORKER_COUNTS:
+            log(f"5. scaling: {SMALL_REPOS} small repositories, {n} worker process(es)")
+            names = [f"s{n}-{i:04d}" for i in range(SMALL_REPOS)]
+            parallel(lambda x: self.create_repo(x, "small"), names)
+            ids = parallel(lambda x: self.enqueue(x)["id"], names, threads=6)
+            t = time.monotonic()
+            self.start_workers(n)
+            id_list = ",".join(f"'{i}'" for i in ids)
+            wait_until(f"{SMALL_REPOS} syncs with {n} workers",
+                       lambda: psql(f"SELECT count(*) FROM syncs WHERE id IN ({id_list}) "
+                                    "AND status IN ('completed','failed')") == str(SMALL_REPOS),
+                       600, pause=0.25)
+            wall = time.monotonic() - t
+            span, failed = psql(
+                "SELECT extract(epoch FROM max(finished_at) - min(started_at)), "
+                f"count(*) FILTER (WHERE status = 'failed') FROM syncs WHERE id IN ({id_list})").split("|")
+            if int(failed):
+                self.notes.append(f"scaling with {n} workers: {failed} of {SMALL_REPOS} syncs failed")
+            results[n] = SMALL_REPOS / float(span)
+            log(f"   {results[n]:.1f} syncs/s (first start to last finish {float(span):.1f}s, wall {wall:.1f}s)")
+            self.stop_workers()
+        base_n = WORKER_COUNTS[0]
+        for n in WORKER_COUNTS:
+            self.row(f"5. worker scaling: {SMALL_REPOS} small-repo pulls, {n} worker process(es) x {WORKER_CONCURRENCY}",
+                     f"{results[n]:.1f} syncs/s", f"{base_n} worker process", f"{results[base_n]:.1f} syncs/s",
+                     results[n] / results[base_n], "higher (ideal = process count, capped by 2 cores)")
+        # Reference: plain git doing the same unit of work at the same
+        # parallelism as one worker process.
+        sample = 100
+        base = os.path.join(self.work, "clones")
+        os.makedirs(base)
+        t = time.monotonic()
+        parallel(lambda i: run(["git", "clone", "--mirror", "--quiet", self.url("small"), os.path.join(base, f"{i}.git")]),
+                 range(sample), threads=WORKER_CONCURRENCY)
+        git_rate = sample / (time.monotonic() - t)
+        self.row(f"5'. small-repo pulls, 1 worker process x {WORKER_CONCURRENCY}", f"{results[base_n]:.1f} syncs/s",
+                 f"git clone --mirror, {WORKER_CONCURRENCY} at a time", f"{git_rate:.1f} clones/s",
+                 results[base_n] / git_rate, "higher")
+        self.stop_gateway()
+
+    # ------------------------------------------------------------ cleanup
+
+    def cleanup(self) -> None:
+        for p in list(PROCS):
+            try:
+                p.stop(5)
+            except Exception:  # noqa: BLE001
+                pass
+        if os.environ.get("BENCH_KEEP") == "1":
+            log(f"BENCH_KEEP=1: keeping {self.work} and database {DB}")
+            return
+        if self.db_created:
+            try:
+                psql(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)', db="postgres")
+            except BenchError as e:
+                log(f"could not drop database {DB}: {e}")
+            try:
+                broker_cleanup()
+            except Exception as e:  # noqa: BLE001
+                log(f"could not delete broker objects of {NAMESPACE}: {e}")
+        # Thousands of small repositories: delete them in the background so
+        # that the run returns at once.
+        doomed = self.work + ".deleting"
+        try:
+            os.rename(self.work, doomed)
+            subprocess.Popen(["rm", "-rf", doomed], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ output
+
+
+def machine_info() -> str:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(next(l for l in f if l.startswith("MemTotal")).split()[1])
+            mem = f"{kb / 1024 / 1024:.0f} GiB"
+    except (OSError, StopIteration):
+        pass
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    git = run(["git", "--version"], capture_output=True, text=True).stdout.strip()
+    pg = psql("SHOW server_version", db="postgres")
+    return (f"{os.cpu_count()} CPUs ({cpu}), {mem} RAM, {platform.system()} {platform.release()}; "
+            f"Postgres {pg}; {git}; load average at the end {load}")
+
+
+def table(rows: list[dict]) -> str:
+    head = "| figure | depot | baseline (same run) | baseline value | ratio | better |\n|---|---:|---|---:|---:|---|\n"
+    body = ""
+    for r in rows:
+        ratio = "n/a" if r["ratio"] is None else f"{r['ratio']:.3f}"
+        body += f"| {r['figure']} | {r['value']} | {r['baseline']} | {r['base_value']} | **{ratio}** | {r['better']} |\n"
+    return head + body
+
+
+def write_doc(md: str) -> None:
+    path = os.path.join(ROOT, "docs", "benchmarks.md")
+    begin, end = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
+    try:
+        with open(path) as f:
+            doc = f.read()
+    except FileNotFoundError:
+        doc = f"# Benchmarks\n\n{begin}\n{end}\n"
+    if begin not in doc or end not in doc:
+        doc += f"\n{begin}\n{end}\n"
+    pre, rest = doc.split(begin, 1)
+    _, post = rest.split(end, 1)
+    with open(path, "w") as f:
+        f.write(pre + begin + "\n" + md + end + post)
+    log(f"results written to {path}")
+
+
+def main() -> int:
+    bench = Bench()
+    interrupted = []
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    started = datetime.now(timezone.utc)
+    ok = False
+    try:
+        bench.setup()
+        only = os.environ.get("BENCH_ONLY", "polling,enqueue,large,scaling").split(",")
+        for phase in ("polling", "enqueue", "large", "scaling"):
+            if phase in only:
+                getattr(bench, f"bench_{phase}")()
+        ok = True
+    except BenchError as e:
+        log(f"ERROR: {e}")
+    except KeyboardInterrupt:
+        log("interrupted")
+    finally:
+        minutes = (time.monotonic() - T0) / 60
+        try:
+            info = machine_info()
+        except Exception as e:  # noqa: BLE001
+            info = f"(machine info unavailable: {e})"
+        bench.cleanup()
+    md = (f"Run of {started.strftime('%Y-%m-%d %H:%M UTC')}, {minutes:.1f} min of measuring "
+          f"({'complete' if ok else 'INCOMPLETE'}); {info}. Settings: {SECONDS} s per load run, {ROUNDS} "
+          f"rounds alternating depot and baseline, {CONNS} connections, wrk -t2, pgbench -j2 -M prepared, "
+          f"gateway and worker with default pool size and worker.concurrency={WORKER_CONCURRENCY}, "
+          f"telemetry json at info.\n\n" + table(bench.rows))
+    if bench.notes:
+        md += "\nNotes from this run:\n\n" + "".join(f"- {n}\n" for n in bench.notes)
+    print()
+    print(md)
+    if os.environ.get("BENCH_NO_DOC") != "1" and bench.rows:
+        write_doc(md)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

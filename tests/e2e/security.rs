@@ -1,0 +1,185 @@
+//! Security properties end to end: credential key rotation with no downtime,
+//! API key revocation with immediate effect, and the upstream URL policy
+//! enforced again when a run starts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use depot_e2e::{EnvOptions, TestEnv, UPSTREAM_PASSWORD, UPSTREAM_USER, Upstream};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Another test-only key (base64 of 32 bytes).
+const NEW_KEY: &str = "bmV3LXRlc3QtY3JlZGVudGlhbC1rZXktMzItYnl0ZXM=";
+
+async fn create_mirror(env: &TestEnv, key: &str, name: &str, upstream: &Upstream) {
+    let (status, body) = env
+        .call(
+            "POST",
+            "/v1/acme/repos",
+            Some(key),
+            Some(&json!({
+                "name": name,
+                "upstream": {
+                    "url": upstream.url(),
+                    "auth": {"kind": "username_password", "username": UPSTREAM_USER, "password": UPSTREAM_PASSWORD}
+                }
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+}
+
+async fn pull(env: &TestEnv, key: &str, repo: &str) -> Value {
+    let (status, sync) = env
+        .call(
+            "POST",
+            &format!("/v1/acme/{repo}/upstream/syncs"),
+            Some(key),
+            Some(&json!({"direction": "pull"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{sync}");
+    env.wait_for_sync(
+        key,
+        "acme",
+        repo,
+        sync["id"].as_str().unwrap(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
+}
+
+async fn stored_fingerprints(env: &TestEnv) -> Vec<Vec<u8>> {
+    let db = env.db().await.unwrap();
+    db.query(
+        "SELECT substring(credential from 2 for 4) FROM upstreams ORDER BY repo_id",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_key_rotation_needs_no_downtime() {
+    let upstream = Upstream::start("rotating").unwrap();
+    upstream.work.commit("main", "one").unwrap();
+    upstream.publish().unwrap();
+    let mut env = TestEnv::start(EnvOptions::default()).await.unwrap();
+    let key = env.org_and_key("acme", "read,write").unwrap();
+    create_mirror(&env, &key, "a", &upstream).await;
+    create_mirror(&env, &key, "b", &upstream).await;
+    let before = stored_fingerprints(&env).await;
+    assert_eq!(before.len(), 2);
+
+    // Step 1: every process learns the new key, keeping the old one readable.
+    let old_key = env.env["DEPOT__SECRETS__CREDENTIAL_KEY"].clone();
+    env.env
+        .insert("DEPOT__SECRETS__CREDENTIAL_KEY".into(), NEW_KEY.into());
+    env.env.insert(
+        "DEPOT__SECRETS__PREVIOUS_CREDENTIAL_KEYS".into(),
+        old_key.clone(),
+    );
+    env.workers[0].terminate(Duration::from_secs(30)).unwrap();
+    env.start_worker().unwrap();
+    let done = pull(&env, &key, "a").await;
+    assert_eq!(
+        done["status"], "completed",
+        "old-key credential must still work: {done}"
+    );
+
+    // Step 2: re-encrypt. A rotation with the old key missing refuses to
+    // pretend it is done.
+    let mut without_old = env.env.clone();
+    without_old.remove("DEPOT__SECRETS__PREVIOUS_CREDENTIAL_KEYS");
+    let saved = std::mem::replace(&mut env.env, without_old);
+    let refused = env.admin(&["secrets", "rotate"]);
+    assert!(refused.is_err(), "rotation without the old key must fail");
+    env.env = saved;
+    let out = env.admin(&["secrets", "rotate"]).unwrap();
+    assert!(out.contains("re-encrypted 2 credentials"), "{out}");
+    let after = stored_fingerprints(&env).await;
+    assert!(
+        after.iter().all(|f| *f != before[0]),
+        "every row must be under the new key"
+    );
+    let again = env.admin(&["secrets", "rotate"]).unwrap();
+    assert!(
+        again.contains("re-encrypted 0 credentials; 2 already under the current key"),
+        "{again}"
+    );
+
+    // Step 3: the old key is dropped everywhere; syncs still work.
+    env.env.remove("DEPOT__SECRETS__PREVIOUS_CREDENTIAL_KEYS");
+    env.workers[1].terminate(Duration::from_secs(30)).unwrap();
+    env.start_worker().unwrap();
+    let done = pull(&env, &key, "b").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(!env.all_logs().contains(UPSTREAM_PASSWORD));
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_refused_at_once() {
+    let env = TestEnv::start(EnvOptions {
+        workers: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let key = env.org_and_key("acme", "read").unwrap();
+    let (status, me) = env
+        .call("GET", "/v1/whoami", Some(&key), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{me}");
+    let key_id = me["key_id"].as_str().unwrap().to_string();
+    let out = env.admin(&["key", "revoke", &key_id]).unwrap();
+    assert!(out.contains(&key_id));
+    let (status, body) = env
+        .call("GET", "/v1/whoami", Some(&key), None)
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED");
+    assert!(env.admin(&["key", "revoke", "key_doesnotexist"]).is_err());
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_policy_is_checked_again_when_a_run_starts() {
+    let upstream = Upstream::start("policy").unwrap();
+    upstream.work.commit("main", "one").unwrap();
+    upstream.publish().unwrap();
+    let mut env = TestEnv::start(EnvOptions {
+        workers: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let key = env.org_and_key("acme", "read,write").unwrap();
+    // Stored while the gateway allowed loopback upstreams...
+    create_mirror(&env, &key, "a", &upstream).await;
+    // ...but the worker now runs with the production policy.
+    env.env.insert(
+        "DEPOT__UPSTREAM__ALLOW_PRIVATE_NETWORKS".into(),
+        "false".into(),
+    );
+    env.start_worker().unwrap();
+    let done = pull(&env, &key, "a").await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["attempt"], 1, "a refused URL is permanent: {done}");
+    let error = done["error"].as_str().unwrap();
+    assert!(error.starts_with("upstream_refused"), "{error}");
+    assert_eq!(
+        upstream.server.request_count(),
+        0,
+        "the refused upstream must not be contacted"
+    );
+    env.cleanup().await.unwrap();
+}
