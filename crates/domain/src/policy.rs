@@ -65,6 +65,38 @@ pub fn literal_ip(url: &Url) -> Option<IpAddr> {
     }
 }
 
+/// What the address half of the policy must look at for `url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The host is a literal address: nothing to resolve.
+    Literal(IpAddr),
+    /// Resolve this host and port, then call [`check_addresses`].
+    Resolve(String, u16),
+}
+
+pub fn target(url: &Url) -> Target {
+    match literal_ip(url) {
+        Some(ip) => Target::Literal(ip),
+        None => Target::Resolve(
+            url.host_str().unwrap_or_default().to_string(),
+            url.port_or_known_default().unwrap_or(443),
+        ),
+    }
+}
+
+/// The address half of the policy: every address the host resolved to
+/// must be allowed (one forbidden answer is enough to refuse, since the
+/// client may connect to any of them).
+pub fn check_addresses(addrs: &[IpAddr]) -> Result<(), PolicyError> {
+    if addrs.is_empty() {
+        return Err(PolicyError::Unresolvable);
+    }
+    if addrs.iter().copied().any(is_forbidden_ip) {
+        return Err(PolicyError::PrivateAddress);
+    }
+    Ok(())
+}
+
 /// Loopback, private, link-local (including the cloud metadata address),
 /// CGNAT, unique-local, multicast, unspecified, documentation and other
 /// reserved ranges; IPv4-mapped and -compatible IPv6 are judged as IPv4.
@@ -160,6 +192,19 @@ mod tests {
         for good in ["140.82.112.3", "2606:4700::1111", "8.8.8.8"] {
             assert!(!is_forbidden_ip(good.parse().unwrap()), "{good}");
         }
+    }
+
+    #[test]
+    fn one_forbidden_answer_refuses_the_host() {
+        let public: IpAddr = "140.82.112.3".parse().unwrap();
+        let private: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(check_addresses(&[public]), Ok(()));
+        assert_eq!(check_addresses(&[public, private]), Err(PolicyError::PrivateAddress));
+        assert_eq!(check_addresses(&[]), Err(PolicyError::Unresolvable));
+        let url = check_syntax("https://github.com:8443/o/r", &https()).unwrap();
+        assert_eq!(target(&url), Target::Resolve("github.com".into(), 8443));
+        let url = check_syntax("https://[::1]/r", &https()).unwrap();
+        assert_eq!(target(&url), Target::Literal("::1".parse().unwrap()));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! policy (it may have changed since the URL was stored, and DNS may now
 //! answer differently), and the credential decrypted for libgit2.
 
-use depot_domain::policy::{check_syntax, is_forbidden_ip, literal_ip};
+use depot_domain::policy::{Target, check_addresses, check_syntax, target};
 use depot_gitsync::Credentials;
 use depot_secrets::{Credential, KeyRing};
 use depot_settings::Upstream as Policy;
@@ -20,21 +20,15 @@ pub(crate) fn check_url(url: &str, policy: &Policy) -> Result<(), String> {
     if policy.allow_private_networks {
         return Ok(());
     }
-    let addrs: Vec<std::net::IpAddr> = match literal_ip(&parsed) {
-        Some(ip) => vec![ip],
-        None => {
-            let host = parsed.host_str().unwrap_or_default();
-            let port = parsed.port_or_known_default().unwrap_or(443);
-            (host, port)
-                .to_socket_addrs()
-                .map_err(|_| UNRESOLVABLE.to_string())?
-                .map(|a| a.ip())
-                .collect()
-        }
+    let addrs = match target(&parsed) {
+        Target::Literal(ip) => vec![ip],
+        Target::Resolve(host, port) => (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|_| UNRESOLVABLE.to_string())?
+            .map(|a| a.ip())
+            .collect(),
     };
-    if addrs.is_empty() || addrs.into_iter().any(is_forbidden_ip) {
-        return Err("upstream_refused: url host resolves to a private or reserved address".into());
-    }
+    check_addresses(&addrs).map_err(|e| format!("upstream_refused: {e}"))?;
     Ok(())
 }
 
