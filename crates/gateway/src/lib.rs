@@ -57,6 +57,7 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("gateway.listen {}: {e}", settings.gateway.listen))?;
         let port = listener.local_addr()?.port();
         let workers = settings.gateway.workers;
+        let shutdown_seconds = settings.gateway.shutdown_seconds;
         let openapi = web::Data::new(routes::openapi::OpenApiDoc::load()?);
         let state = web::Data::new(AppState {
             pool,
@@ -74,7 +75,7 @@ impl Application {
         })
         .listen(listener)?
         // Finish in-flight requests on SIGTERM for at most this long.
-        .shutdown_timeout(30);
+        .shutdown_timeout(shutdown_seconds);
         if workers > 0 {
             server = server.workers(workers);
         }

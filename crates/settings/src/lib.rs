@@ -36,6 +36,7 @@ delivery_limit = 10
 listen = "127.0.0.1:8080"
 max_body_bytes = 65536
 workers = 0
+shutdown_seconds = 30
 
 [storage]
 root = "./data/repos"
@@ -136,6 +137,8 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     /// HTTP worker threads; 0 = one per core.
     pub workers: usize,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    pub shutdown_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

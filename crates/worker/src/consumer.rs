@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken, grace: Duration) {
     let mut tasks = JoinSet::new();
-    let tag = format!("depot-worker-{}", std::process::id());
+    let tag = crate::worker_identity();
     let mut backoff = Duration::from_millis(100);
     'outer: while !shutdown.is_cancelled() {
         let broker = tokio::select! {

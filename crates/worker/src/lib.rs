@@ -65,7 +65,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         namespace: settings.amqp.namespace.clone(),
         timeout: Duration::from_millis(settings.amqp.publish_timeout_ms),
         delivery_limit: settings.amqp.delivery_limit,
-        connection_name: format!("depot-worker-{}", std::process::id()),
+        connection_name: worker_identity(),
     });
     let grace = Duration::from_secs(settings.worker.grace_seconds);
     let ctx = Arc::new(Ctx {
@@ -86,4 +86,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         b.close().await;
     }
     Ok(())
+}
+
+/// Names this worker process in RabbitMQ (connection name, consumer tag):
+/// the host name (a pod's name in Kubernetes) plus the pid, because in a
+/// container every process is pid 1.
+pub(crate) fn worker_identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    format!("depot-worker-{host}-{}", std::process::id())
 }
