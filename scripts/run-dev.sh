@@ -131,7 +131,8 @@ trap - EXIT
 cat <<EOF
 
 Depot is running on http://$GATEWAY  (logs: $LOG_DIR/, pids: $RUN_DIR/)
-  gateway  http://$GATEWAY  (/healthz, /readyz)
+  gateway  http://$GATEWAY  (/healthz, /readyz, /metrics, /v1/openapi.json)
+  worker   http://$METRICS  (/metrics, /healthz, /readyz)
   upstream http://$UPSTREAM/demo.git  (git smart HTTP, user $UPSTREAM_USER, password $UPSTREAM_PASSWORD)
 
 Admin API key for org "$ORG" (also saved in $RUN_DIR/$ORG-admin.key):

@@ -89,7 +89,7 @@ fn check_slug(slug: &str) -> anyhow::Result<()> {
         && slug != "openapi.json";
     if !ok {
         bail!(
-            "org slug must be 1-64 characters of [a-z0-9-], not starting with '-' (and not 'whoami')"
+            "org slug must be 1-64 characters of [a-z0-9-], not starting with '-' (and not 'whoami' or 'openapi.json', which are routes)"
         );
     }
     Ok(())
