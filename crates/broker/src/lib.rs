@@ -110,6 +110,20 @@ fn s(v: impl Into<ShortString>) -> ShortString {
     v.into()
 }
 
+impl BrokerOptions {
+    /// Options as `amqp.*` configures them; `connection_name` shows in the
+    /// RabbitMQ management UI.
+    pub fn from_settings(amqp: &depot_settings::Amqp, connection_name: String) -> Self {
+        BrokerOptions {
+            url: amqp.url.expose().to_string(),
+            namespace: amqp.namespace.clone(),
+            timeout: Duration::from_millis(amqp.publish_timeout_ms),
+            delivery_limit: amqp.delivery_limit,
+            connection_name,
+        }
+    }
+}
+
 /// One connection with a confirm-mode channel for publishing. Cheap to share
 /// behind an `Arc`; when it breaks, build a new one (see the supervisors in
 /// the gateway and the worker) rather than relying on automatic recovery.

@@ -16,10 +16,9 @@ use actix_web::{App, HttpServer, web};
 use depot_broker::{BrokerHandle, BrokerOptions};
 use depot_secrets::CredentialKey;
 use depot_settings::Settings;
-use depot_store::{Pool, PoolOptions};
+use depot_store::Pool;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Shared by all request handlers.
 pub struct AppState {
@@ -39,20 +38,11 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let key = settings.credential_key()?;
-        let pool = depot_store::connect(
-            settings.database.url.expose(),
-            &PoolOptions {
-                max_size: settings.database.pool_size,
-                timeout: Duration::from_millis(settings.database.connect_timeout_ms),
-            },
-        )?;
-        let broker = BrokerHandle::spawn(BrokerOptions {
-            url: settings.amqp.url.expose().to_string(),
-            namespace: settings.amqp.namespace.clone(),
-            timeout: Duration::from_millis(settings.amqp.publish_timeout_ms),
-            delivery_limit: settings.amqp.delivery_limit,
-            connection_name: "depot-gateway".into(),
-        });
+        let pool = depot_store::pool::from_settings(&settings.database)?;
+        let broker = BrokerHandle::spawn(BrokerOptions::from_settings(
+            &settings.amqp,
+            "depot-gateway".into(),
+        ));
         let listener = TcpListener::bind(settings.gateway.listen)
             .map_err(|e| anyhow::anyhow!("gateway.listen {}: {e}", settings.gateway.listen))?;
         let port = listener.local_addr()?.port();

@@ -43,3 +43,14 @@ pub fn connect(url: &str, options: &PoolOptions) -> Result<Pool, PoolConfigError
         .build()
         .map_err(|e| PoolConfigError(e.to_string()))
 }
+
+/// The pool a service process uses, as `database.*` configures it.
+pub fn from_settings(db: &depot_settings::Database) -> Result<Pool, PoolConfigError> {
+    connect(
+        db.url.expose(),
+        &PoolOptions {
+            max_size: db.pool_size,
+            timeout: Duration::from_millis(db.connect_timeout_ms),
+        },
+    )
+}

@@ -12,7 +12,7 @@ mod upstream;
 use depot_broker::{BrokerHandle, BrokerOptions};
 use depot_secrets::KeyRing;
 use depot_settings::Settings;
-use depot_store::{Pool, PoolOptions};
+use depot_store::Pool;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,20 +53,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let previous_keys = settings.previous_credential_keys()?;
     std::fs::create_dir_all(&settings.storage.root)
         .map_err(|e| anyhow::anyhow!("storage.root {}: {e}", settings.storage.root.display()))?;
-    let pool = depot_store::connect(
-        settings.database.url.expose(),
-        &PoolOptions {
-            max_size: settings.database.pool_size,
-            timeout: Duration::from_millis(settings.database.connect_timeout_ms),
-        },
-    )?;
-    let broker = BrokerHandle::spawn(BrokerOptions {
-        url: settings.amqp.url.expose().to_string(),
-        namespace: settings.amqp.namespace.clone(),
-        timeout: Duration::from_millis(settings.amqp.publish_timeout_ms),
-        delivery_limit: settings.amqp.delivery_limit,
-        connection_name: worker_identity(),
-    });
+    let pool = depot_store::pool::from_settings(&settings.database)?;
+    let broker = BrokerHandle::spawn(BrokerOptions::from_settings(
+        &settings.amqp,
+        worker_identity(),
+    ));
     let grace = Duration::from_secs(settings.worker.grace_seconds);
     let ctx = Arc::new(Ctx {
         pool,
