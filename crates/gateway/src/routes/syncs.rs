@@ -195,6 +195,10 @@ pub async fn create(
         idempotency::complete(&tx, &caller.key.org_id, key, 201, &body).await?;
     }
     tx.commit().await?;
+    // Give the connection back before publishing: `publish` takes one of its
+    // own to mark the outbox row, and holding two per request starves the
+    // pool under concurrent POSTs (every request then waits on another).
+    drop(client);
     tracing::info!(sync_id = %sync.id, repo_id = %sync.repo_id, direction = %sync.direction, "sync enqueued");
     publish(&state, &sync, outbox_id).await;
     Ok(json_response(StatusCode::CREATED, &body))
