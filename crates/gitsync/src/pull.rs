@@ -10,6 +10,14 @@ use crate::net::{Guard, check_url, init_timeouts, is_valid_ref_name, list_remote
 
 const REFLOG_MSG: &str = "depot-sync: pull";
 
+/// Above this many refs to fetch, fetch with two wildcard refspecs instead of
+/// one refspec per ref: libgit2 matches refspecs against the advertisement
+/// in quadratic time, and with thousands of refs the pause before it sends
+/// its wants outlasts the server's keep-alive (the transfer then fails with
+/// a broken pipe). The wildcard also fetches unmatched refs' objects; the
+/// quarantine is cleared afterwards either way.
+const WILDCARD_FETCH_ABOVE: usize = 256;
+
 pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     check_url(spec.url)?;
     check_sync_id(spec.sync_id)?;
@@ -60,11 +68,32 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
         }
     }
 
-    if !wanted.is_empty() {
-        let refspecs: Vec<String> = wanted
-            .iter()
-            .map(|(name, _, _)| format!("+{name}:{}", quarantine.name_for(name)))
-            .collect();
+    // Objects the hosted repository already has need no transfer: a re-sync
+    // with nothing new fetches nothing, and a branch created upstream at an
+    // existing commit costs no pack.
+    let odb = repo.odb().map_err(|e| classify(&e))?;
+    let to_fetch: Vec<&str> = wanted
+        .iter()
+        .filter(|(_, _, oid)| !odb.exists(*oid))
+        .map(|(name, _, _)| name.as_str())
+        .collect();
+    if !to_fetch.is_empty() {
+        let refspecs: Vec<String> = if to_fetch.len() > WILDCARD_FETCH_ABOVE {
+            ["heads", "tags"]
+                .iter()
+                .map(|ns| {
+                    format!(
+                        "+refs/{ns}/*:{}",
+                        quarantine.name_for(&format!("refs/{ns}/*"))
+                    )
+                })
+                .collect()
+        } else {
+            to_fetch
+                .iter()
+                .map(|name| format!("+{name}:{}", quarantine.name_for(name)))
+                .collect()
+        };
         guard.check()?;
         remote
             .fetch(&refspecs, Some(&mut fetch_opts), Some("depot-sync: fetch"))
@@ -72,7 +101,6 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     }
     drop(remote);
 
-    let odb = repo.odb().map_err(|e| classify(&e))?;
     for (name, kind, advertised_oid) in wanted {
         guard.check()?;
         let upstream = repo

@@ -819,3 +819,59 @@ fn pull_removes_quarantine_refs_left_by_crashed_runs() {
         all_ref_names(&e.hosted)
     );
 }
+
+/// Hundreds of refs take the wildcard fetch; the result is the same as the
+/// per-ref fetch (every matched ref, nothing else, no quarantine left), and
+/// a re-sync with nothing new transfers no pack at all.
+#[test]
+fn many_refs_use_the_wildcard_fetch_and_a_no_op_resync_fetches_nothing() {
+    let e = env();
+    let base = e.work.commit("main", "base").unwrap();
+    // 300 branches over a few commits: more than the per-ref refspec limit.
+    let mut tips = Vec::new();
+    for i in 0..5 {
+        tips.push(
+            e.work
+                .commit_on(&format!("line/{i}"), Some(&base), &format!("line {i}"))
+                .unwrap(),
+        );
+    }
+    e.work.push_all_to(&e.upstream).unwrap();
+    let upstream_repo = git2::Repository::open_bare(&e.upstream).unwrap();
+    for i in 0..300 {
+        let oid = git2::Oid::from_str(&tips[i % tips.len()]).unwrap();
+        upstream_repo
+            .reference(&format!("refs/heads/many/{i:03}"), oid, false, "test")
+            .unwrap();
+    }
+    // A matched subset only: `many/*` and `main`, not `line/*`.
+    let m = globs("many/*,main", "");
+    let stats = by_name(pull(&spec(&e, &m)).unwrap());
+    assert_eq!(stats.len(), 301);
+    assert!(
+        stats
+            .values()
+            .all(|s| s.outcome == Outcome::Updated && s.before.is_none())
+    );
+    let hosted = refs_of(&e.hosted);
+    let upstream = refs_of(&e.upstream);
+    assert_eq!(hosted.len(), 301, "only matched refs are created");
+    for (name, id) in &hosted {
+        assert_eq!(upstream.get(name), Some(id), "{name}");
+    }
+    assert!(
+        all_ref_names(&e.hosted)
+            .iter()
+            .all(|n| !n.starts_with("refs/depot/"))
+    );
+
+    // Nothing new: the listing is all that crosses the network.
+    let before = e.server.request_count();
+    let stats = by_name(pull(&spec(&e, &m)).unwrap());
+    assert!(stats.values().all(|s| s.outcome == Outcome::Unchanged));
+    let requests = e.server.request_count() - before;
+    assert!(
+        requests <= 2,
+        "a no-op re-sync made {requests} requests; it should only list refs"
+    );
+}
