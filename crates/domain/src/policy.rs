@@ -199,7 +199,10 @@ mod tests {
         let public: IpAddr = "140.82.112.3".parse().unwrap();
         let private: IpAddr = "10.0.0.1".parse().unwrap();
         assert_eq!(check_addresses(&[public]), Ok(()));
-        assert_eq!(check_addresses(&[public, private]), Err(PolicyError::PrivateAddress));
+        assert_eq!(
+            check_addresses(&[public, private]),
+            Err(PolicyError::PrivateAddress)
+        );
         assert_eq!(check_addresses(&[]), Err(PolicyError::Unresolvable));
         let url = check_syntax("https://github.com:8443/o/r", &https()).unwrap();
         assert_eq!(target(&url), Target::Resolve("github.com".into(), 8443));
