@@ -105,6 +105,11 @@ impl GitHttpServer {
                             .default_service(web::to(handle))
                     })
                     .workers(2)
+                    // nginx's default, typical of git hosting front ends;
+                    // actix's own 5 s closes connections that libgit2
+                    // still reuses after a long local step (it does not
+                    // reconnect), which real servers rarely do.
+                    .keep_alive(std::time::Duration::from_secs(75))
                     // Signals belong to the embedding test or binary.
                     .disable_signals()
                     .shutdown_timeout(0)
