@@ -16,6 +16,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# Everything in one function: bash parses it whole before running it, so an
+# edit of this file during a run (a shared working tree) cannot derail it.
+main() {
+
 say() { echo "bench: $*"; }
 die() { echo "bench: ERROR: $*" >&2; exit 1; }
 
@@ -52,7 +56,17 @@ TARGET="${CARGO_TARGET_DIR:-target}"
 PYLIB="$TARGET/bench-pylib"
 if ! PYTHONPATH="$PYLIB" python3 -c 'import pika' 2>/dev/null; then
     say "installing pika into $PYLIB"
+    if ! python3 -m pip --version >/dev/null 2>&1 && command -v apt-get >/dev/null; then
+        sudo=()
+        ((EUID == 0)) || sudo=(sudo -n)
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            python3-pip </dev/null >/dev/null || true
+    fi
+    # --target writes only into $PYLIB; Debian's "externally managed"
+    # guard may still ask for --break-system-packages.
     python3 -m pip install -q --disable-pip-version-check --target "$PYLIB" pika </dev/null >/dev/null 2>&1 ||
+        python3 -m pip install -q --disable-pip-version-check --break-system-packages --target "$PYLIB" pika \
+            </dev/null >/dev/null 2>&1 ||
         say "warning: pika not installed; broker objects of the run will not be deleted"
 fi
 export PYTHONPATH="$PYLIB${PYTHONPATH:+:$PYTHONPATH}"
@@ -94,3 +108,6 @@ rc=0
 python3 scripts/bench/bench.py || rc=$?
 say "make bench took $(((SECONDS - started) / 60)) min $(((SECONDS - started) % 60)) s in all"
 exit "$rc"
+}
+
+main "$@"

@@ -754,7 +754,7 @@ class Bench:
             self.stop_gateway()
         self.row("1e. GET sync status, telemetry.filter=warn", f"{pair['warn']:.0f} rps",
                  "same, telemetry.filter=info, fresh gateway", f"{pair['info']:.0f} rps",
-                 pair["warn"] / pair["info"], "diagnostic: >1 = per-request logging cost")
+                 pair["warn"] / pair["info"], "diagnostic: >1 = cost of per-request tracing (span + log line)")
 
     def log_summary(self, proc: Proc, phase: str) -> None:
         """Count the warnings and errors a process logged, by message."""
