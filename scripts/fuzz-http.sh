@@ -23,7 +23,7 @@ curl -sS -o /dev/null -X POST "http://$GATEWAY/v1/demo/repos" \
     -d '{"name":"fuzz","upstream":{"url":"http://127.0.0.1:9418/demo.git"}}'
 
 echo "fuzz-http: schemathesis for ${FUZZ_SECONDS}s"
-schemathesis run "http://$GATEWAY/v1/openapi.json" \
+schemathesis --config-file scripts/schemathesis.toml run "http://$GATEWAY/v1/openapi.json" \
     --url "http://$GATEWAY/v1" \
     -H "Authorization: Bearer $key" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \

@@ -101,6 +101,14 @@ fn compile_one(field: &'static str, globs: &str) -> Result<GlobSet, GlobError> {
     if globs.len() > MAX_GLOB_BYTES {
         return Err(GlobError::TooLong { field });
     }
+    // No ref name holds a control character, and Postgres cannot store NUL.
+    if let Some(c) = globs.chars().find(|c| c.is_control()) {
+        return Err(GlobError::Invalid {
+            field,
+            pattern: globs.to_string(),
+            reason: format!("control character {c:?}"),
+        });
+    }
     let mut builder = GlobSetBuilder::new();
     let mut count = 0;
     for pattern in globs.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -241,6 +249,8 @@ mod tests {
                 field: "ref_globs.branches"
             }
         );
+        let e = RefGlobs::normalize(input(Some("main\0"), None)).unwrap_err();
+        assert_eq!(e.field(), "ref_globs.branches");
         let many = vec!["x"; MAX_PATTERNS + 1].join(",");
         let e = RefGlobs::normalize(input(None, Some(&many))).unwrap_err();
         assert_eq!(

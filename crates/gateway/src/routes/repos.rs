@@ -25,13 +25,17 @@ const MAX_SECRET: usize = 4096;
 /// Names that would collide with routes (`/v1/{org}/repos`).
 const RESERVED_NAMES: &[&str] = &["repos", ".", ".."];
 
-fn check_name(name: &str) -> Result<(), ApiError> {
-    let valid = (1..=100).contains(&name.len())
+/// Could `name` be a repository's name at all?
+fn is_valid_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        && !RESERVED_NAMES.contains(&name);
-    if valid {
+        && !RESERVED_NAMES.contains(&name)
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(ApiError::invalid(
@@ -66,16 +70,25 @@ fn parse_tags(value: &Value, merge: Option<&Value>) -> Result<Value, ApiError> {
         .unwrap_or_default();
     for (k, v) in given {
         let field = format!("tags.{k}");
-        if k.is_empty() || k.len() > MAX_TAG_KEY {
+        if k.is_empty() || k.len() > MAX_TAG_KEY || k.chars().any(char::is_control) {
             return Err(ApiError::invalid(
                 &field,
-                format!("tag names must be 1-{MAX_TAG_KEY} characters"),
+                format!(
+                    "tag names must be 1-{MAX_TAG_KEY} characters, none of them control characters"
+                ),
             ));
         }
         match v {
+            // NUL cannot be stored in Postgres text or jsonb (found by
+            // schemathesis as a 500); refuse it rather than alter the value.
+            Value::String(s) if s.contains('\0') => {
+                return Err(ApiError::invalid(
+                    &field,
+                    "tag values must not contain NUL characters",
+                ));
+            }
             Value::String(s) if s.len() <= MAX_TAG_VALUE => {
                 tags.insert(k.clone(), v.clone());
-                let _ = s;
             }
             Value::String(_) => {
                 return Err(ApiError::invalid(
@@ -196,7 +209,9 @@ pub(crate) async fn load_repo(
     org_id: &str,
     name: &str,
 ) -> Result<Repo, ApiError> {
-    if name.len() > 100 {
+    // No repository has such a name; answering here also keeps bytes
+    // Postgres refuses in text (NUL) away from the query.
+    if !is_valid_name(name) {
         return Err(ApiError::not_found("repository"));
     }
     depot_store::repos::by_name(client, org_id, name)
