@@ -254,36 +254,10 @@ async fn run_claimed(ctx: &Ctx, claimed: Claimed, job: &SyncJob) -> Disposition 
             })
             .await
         }
-        RunOutcome::Failed { error, stats } => {
-            retry_db(|| async {
-                let client = ctx.pool.get().await?;
-                depot_store::syncs::finish(
-                    &client,
-                    id,
-                    attempt,
-                    SyncStatus::Failed,
-                    stats.as_ref(),
-                    Some(error),
-                )
-                .await
-            })
-            .await
-        }
+        RunOutcome::Failed { error, stats } => fail(ctx, id, attempt, stats.as_ref(), error).await,
         RunOutcome::Retry { error } if attempt >= max_attempts => {
             let error = format!("{error} (gave up after {attempt} attempts)");
-            retry_db(|| async {
-                let client = ctx.pool.get().await?;
-                depot_store::syncs::finish(
-                    &client,
-                    id,
-                    attempt,
-                    SyncStatus::Failed,
-                    None,
-                    Some(&error),
-                )
-                .await
-            })
-            .await
+            fail(ctx, id, attempt, None, &error).await
         }
         RunOutcome::Retry { .. } | RunOutcome::Released => {
             let delay = match outcome {
@@ -379,6 +353,22 @@ async fn run_claimed(ctx: &Ctx, claimed: Claimed, job: &SyncJob) -> Disposition 
             Disposition::Ack
         }
     }
+}
+
+/// Record a run's failure (fenced on its attempt).
+async fn fail(
+    ctx: &Ctx,
+    id: &str,
+    attempt: i32,
+    stats: Option<&Stats>,
+    error: &str,
+) -> Result<bool, StoreError> {
+    retry_db(|| async {
+        let client = ctx.pool.get().await?;
+        depot_store::syncs::finish(&client, id, attempt, SyncStatus::Failed, stats, Some(error))
+            .await
+    })
+    .await
 }
 
 /// Retry a database write for a while: a Postgres restart should delay an
