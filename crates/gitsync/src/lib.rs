@@ -72,6 +72,9 @@ pub struct RunSpec<'a> {
     pub cancel: Option<&'a AtomicBool>,
     /// A fetch receiving more than this fails with `Permanent("pack_too_large")`.
     pub max_pack_bytes: Option<u64>,
+    /// A run matching more refs than this fails with
+    /// `Permanent("too_many_refs")` before it transfers anything.
+    pub max_refs: Option<usize>,
     /// The repository's default branch (short name). A pull points the
     /// hosted repository's `HEAD` at `refs/heads/<it>` (even while unborn),
     /// so clones of the hosted repository check it out.
@@ -105,6 +108,14 @@ pub fn set_default_branch(path: &Path, branch: &str) -> Result<(), SyncError> {
 /// branch is absent (or the branch is not at a commit).
 pub fn branch_tip(path: &Path, branch: &str) -> Result<Option<String>, SyncError> {
     no_panic(|| repo::branch_tip(path, branch))
+}
+
+/// The refs-per-run limit, checked once the matched refs are known.
+pub(crate) fn check_ref_count(spec: &RunSpec<'_>, matched: usize) -> Result<(), SyncError> {
+    match spec.max_refs {
+        Some(max) if matched > max => Err(SyncError::Permanent("too_many_refs".into())),
+        _ => Ok(()),
+    }
 }
 
 fn no_panic<T>(f: impl FnOnce() -> Result<T, SyncError>) -> Result<T, SyncError> {

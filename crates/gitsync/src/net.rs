@@ -343,6 +343,7 @@ mod tests {
             deadline: Instant::now() - std::time::Duration::from_secs(1),
             cancel: Some(&flag),
             max_pack_bytes: None,
+            max_refs: None,
             default_branch: None,
         };
         let g = Guard::new(&spec);

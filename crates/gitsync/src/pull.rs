@@ -68,6 +68,8 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
         }
     }
 
+    crate::check_ref_count(spec, stats.len() + wanted.len())?;
+
     // Objects the hosted repository already has need no transfer: a re-sync
     // with nothing new fetches nothing, and a branch created upstream at an
     // existing commit costs no pack.

@@ -42,6 +42,7 @@ pub(crate) fn push(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     if locals.is_empty() {
         return Ok(Vec::new());
     }
+    crate::check_ref_count(spec, locals.len())?;
     init_timeouts();
 
     let advertised = {

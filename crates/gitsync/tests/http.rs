@@ -76,6 +76,7 @@ fn spec<'a>(e: &'a Env, matcher: &'a RefMatcher) -> RunSpec<'a> {
         deadline: Instant::now() + Duration::from_secs(120),
         cancel: None,
         max_pack_bytes: None,
+        max_refs: None,
         default_branch: None,
     }
 }
@@ -874,4 +875,41 @@ fn many_refs_use_the_wildcard_fetch_and_a_no_op_resync_fetches_nothing() {
         requests <= 2,
         "a no-op re-sync made {requests} requests; it should only list refs"
     );
+}
+
+/// More matched refs than `max_refs`: the run fails before it transfers or
+/// writes anything, in both directions; at the limit it goes through.
+#[test]
+fn the_refs_per_run_limit_fails_a_run_before_any_transfer() {
+    let e = env();
+    seed_upstream(&e);
+    let m = all();
+    let upstream_refs = refs_of(&e.upstream).len();
+    let mut s = spec(&e, &m);
+    s.max_refs = Some(upstream_refs - 1);
+    let before = e.server.request_count();
+    assert_eq!(pull(&s), Err(SyncError::Permanent("too_many_refs".into())));
+    assert!(
+        e.server.request_count() - before <= 2,
+        "only the listing may happen"
+    );
+    assert_eq!(all_ref_names(&e.hosted), Vec::<String>::new());
+    s.max_refs = Some(upstream_refs);
+    assert_eq!(pull(&s).unwrap().len(), upstream_refs);
+
+    // Push: the hosted side now has those refs; the empty upstream gets none.
+    let target = e._tmp.path().join("root").join("target.git");
+    init_bare(&target).unwrap();
+    let url = e.server.repo_url("target");
+    let mut p = spec(&e, &m);
+    p.url = &url;
+    p.max_refs = Some(upstream_refs - 1);
+    let before = e.server.request_count();
+    assert_eq!(push(&p), Err(SyncError::Permanent("too_many_refs".into())));
+    assert_eq!(
+        e.server.request_count(),
+        before,
+        "refused before connecting"
+    );
+    assert!(refs_of(&target).is_empty());
 }

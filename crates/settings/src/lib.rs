@@ -57,6 +57,7 @@ allowed_schemes = ["https"]
 allow_private_networks = false
 timeout_seconds = 600
 max_pack_bytes = 2147483648
+max_refs = 100000
 
 [secrets]
 
@@ -172,6 +173,8 @@ pub struct Upstream {
     pub allow_private_networks: bool,
     pub timeout_seconds: u64,
     pub max_pack_bytes: u64,
+    /// Most refs one run may match (each is listed in the sync's stats).
+    pub max_refs: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -261,6 +264,7 @@ impl Settings {
         positive(self.worker.retry_base_ms, "worker.retry_base_ms")?;
         positive(self.worker.lease_seconds, "worker.lease_seconds")?;
         positive(self.upstream.timeout_seconds, "upstream.timeout_seconds")?;
+        positive(self.upstream.max_refs as u64, "upstream.max_refs")?;
         positive(self.gateway.max_body_bytes as u64, "gateway.max_body_bytes")?;
         positive(self.amqp.delivery_limit.into(), "amqp.delivery_limit")?;
         if self.worker.retry_max_ms < self.worker.retry_base_ms {

@@ -448,6 +448,7 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
     let default_branch = claimed.default_bookmark.clone();
     let deadline = Instant::now() + Duration::from_secs(ctx.settings.upstream.timeout_seconds);
     let max_pack = ctx.settings.upstream.max_pack_bytes;
+    let max_refs = ctx.settings.upstream.max_refs;
     let span = tracing::Span::current();
     let joined = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
@@ -468,6 +469,7 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
             deadline,
             cancel: Some(&cancel),
             max_pack_bytes: Some(max_pack),
+            max_refs: Some(max_refs),
             default_branch: Some(&default_branch),
         };
         let result = match direction {
