@@ -730,3 +730,65 @@ async fn syncs_of_one_repository_never_run_at_once_and_waiting_costs_no_attempt(
     }
     env.cleanup().await.unwrap();
 }
+
+/// `worker.max_runs_per_org`: with a limit of one, syncs of different
+/// repositories of one org run one after another (never overlapping), and
+/// waiting for the org's slot costs no attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_never_runs_more_syncs_at_once_than_its_limit() {
+    let up = Upstream::start("project").unwrap();
+    up.work.commit("main", "m1").unwrap();
+    up.publish().unwrap();
+    let env = TestEnv::start(EnvOptions {
+        workers: 2,
+        extra_env: vec![("DEPOT__WORKER__MAX_RUNS_PER_ORG".into(), "1".into())],
+    })
+    .await
+    .unwrap();
+    let key = env.org_and_key(ORG, "read,write").unwrap();
+    let mut names = Vec::new();
+    for i in 0..3 {
+        let name = format!("mirror{i}");
+        create_repo(&env, &key, &name, &up, None).await.unwrap();
+        names.push(name);
+    }
+    // Slow enough that, without the limit, two workers would overlap.
+    up.server.set_delay(Some(Duration::from_millis(300)));
+    let mut ids = Vec::new();
+    for name in &names {
+        let s = post_sync(&env, &key, name, json!({"direction": "pull"}))
+            .await
+            .unwrap();
+        ids.push((name.clone(), s["id"].as_str().unwrap().to_string()));
+    }
+    for (name, id) in &ids {
+        let done = env
+            .wait_for_sync(&key, ORG, name, id, SYNC_LIMIT)
+            .await
+            .unwrap();
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(
+            done["attempt"], 1,
+            "waiting for the org's slot costs no attempt"
+        );
+    }
+    let db = env.db().await.unwrap();
+    let rows = db
+        .query(
+            "SELECT started_at, finished_at FROM syncs ORDER BY started_at",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    let mut previous_end: Option<std::time::SystemTime> = None;
+    for row in &rows {
+        let started: std::time::SystemTime = row.get(0);
+        let finished: std::time::SystemTime = row.get(1);
+        if let Some(end) = previous_end {
+            assert!(end <= started, "runs of one org overlapped: {rows:?}");
+        }
+        previous_end = Some(finished);
+    }
+    env.cleanup().await.unwrap();
+}

@@ -51,6 +51,7 @@ grace_seconds = 30
 relay_interval_ms = 1000
 requeue_after_seconds = 120
 metrics_listen = "127.0.0.1:9090"
+max_runs_per_org = 16
 
 [upstream]
 allowed_schemes = ["https"]
@@ -164,6 +165,9 @@ pub struct Worker {
     /// message was lost.
     pub requeue_after_seconds: u64,
     pub metrics_listen: SocketAddr,
+    /// Syncs of one org running at once across all workers (0 = no limit),
+    /// so one org's burst cannot take every worker.
+    pub max_runs_per_org: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

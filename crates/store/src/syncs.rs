@@ -192,7 +192,8 @@ pub struct Claimed {
 pub enum Claim {
     /// `queued → in_progress` done; `sync.attempt` is the fencing token.
     Claimed(Box<Claimed>),
-    /// Another sync of the same repository is running.
+    /// Another sync of the same repository is running, or the org already
+    /// runs as many syncs as it may.
     Busy,
     /// Queued, but backing off until then.
     NotYet(DateTime<Utc>),
@@ -206,6 +207,7 @@ pub async fn claim(
     client: &mut deadpool_postgres::Client,
     sync_id: &str,
     lease: Duration,
+    max_runs_per_org: Option<i64>,
 ) -> Result<Claim> {
     let tx = client.transaction().await?;
     let head = tx
@@ -253,6 +255,26 @@ pub async fn claim(
     }
     if now.get::<_, bool>(1) {
         return Ok(Claim::Busy);
+    }
+    if let Some(max) = max_runs_per_org {
+        // Same pattern one level up: lock the org row (after the repo row,
+        // the one lock order every claimer follows), then count, so two
+        // claims in one org cannot both take the last slot.
+        let org_id: String = repo.get(0);
+        let lock_org = tx
+            .prepare_cached("SELECT 1 FROM orgs WHERE id = $1 FOR UPDATE")
+            .await?;
+        tx.query_opt(&lock_org, &[&org_id]).await?;
+        let count = tx
+            .prepare_cached(
+                "SELECT count(*) FROM syncs s JOIN repos r ON r.id = s.repo_id
+                 WHERE r.org_id = $1 AND s.status = 'in_progress'",
+            )
+            .await?;
+        let running: i64 = tx.query_one(&count, &[&org_id]).await?.get(0);
+        if running >= max {
+            return Ok(Claim::Busy);
+        }
     }
     let update = tx
         .prepare_cached(&format!(

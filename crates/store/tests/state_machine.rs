@@ -110,7 +110,7 @@ async fn run_case(pool: &Pool, repo_id: &str, ops: Vec<Op>) -> Result<(), TestCa
         match op {
             Op::Claim => {
                 let mut c = pool.get().await.unwrap();
-                let result = syncs::claim(&mut c, &id, lease).await.unwrap();
+                let result = syncs::claim(&mut c, &id, lease, Some(1)).await.unwrap();
                 match (model.status, result) {
                     (SyncStatus::Queued, Claim::Claimed(claimed)) => {
                         prop_assert_eq!(claimed.sync.attempt, model.attempt + 1);

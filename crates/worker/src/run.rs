@@ -104,7 +104,11 @@ pub(crate) async fn handle_delivery(ctx: Arc<Ctx>, delivery: Delivery) {
 async fn process(ctx: &Ctx, job: &SyncJob) -> Disposition {
     let claim = async {
         let mut client = ctx.pool.get().await?;
-        depot_store::syncs::claim(&mut client, &job.sync_id, ctx.lease()).await
+        let per_org = match ctx.settings.worker.max_runs_per_org {
+            0 => None,
+            n => Some(i64::from(n)),
+        };
+        depot_store::syncs::claim(&mut client, &job.sync_id, ctx.lease(), per_org).await
     };
     let claim = match claim.await {
         Ok(c) => c,
@@ -119,7 +123,8 @@ async fn process(ctx: &Ctx, job: &SyncJob) -> Disposition {
             Disposition::Ack
         }
         Claim::Busy => {
-            // One run per repository at a time: come back later without
+            // One run per repository at a time, and at most
+            // worker.max_runs_per_org per org: come back later without
             // counting an attempt.
             let delay = backoff(
                 ctx.settings.worker.retry_base_ms,
@@ -129,7 +134,7 @@ async fn process(ctx: &Ctx, job: &SyncJob) -> Disposition {
             );
             tracing::debug!(
                 delay_ms = delay.as_millis() as u64,
-                "repository busy; deferring"
+                "repository or org busy; deferring"
             );
             defer(ctx, job, delay).await
         }
