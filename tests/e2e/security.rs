@@ -241,3 +241,91 @@ async fn nul_characters_are_refused_not_stored() {
     assert_eq!(status, 200, "nothing was lost");
     env.cleanup().await.unwrap();
 }
+
+/// Peak resident memory of a process, from /proc (kB → bytes).
+fn peak_rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// An upstream serving more than `upstream.max_pack_bytes` fails that sync
+/// at once with `pack_too_large`, lands nothing, and does not hold up a
+/// sync of another repository; the worker's memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_pack_fails_its_sync_cleanly_while_others_complete() {
+    let big = Upstream::start("big").unwrap();
+    // 4 MiB of random bytes: incompressible, so the pack is at least that.
+    let noise: Vec<u8> = (0..4 * 1024 * 1024).map(|_| rand::random::<u8>()).collect();
+    std::fs::write(big.work.path().join("noise.bin"), noise).unwrap();
+    big.work.commit("main", "big").unwrap();
+    big.publish().unwrap();
+    let small = Upstream::start("small").unwrap();
+    small.work.commit("main", "small").unwrap();
+    small.publish().unwrap();
+
+    let env = TestEnv::start(EnvOptions {
+        workers: 1,
+        extra_env: vec![(
+            "DEPOT__UPSTREAM__MAX_PACK_BYTES".into(),
+            (512 * 1024).to_string(),
+        )],
+    })
+    .await
+    .unwrap();
+    let key = env.org_and_key("acme", "read,write").unwrap();
+    create_mirror(&env, &key, "big", &big).await;
+    create_mirror(&env, &key, "small", &small).await;
+    let (status, a) = env
+        .call(
+            "POST",
+            "/v1/acme/big/upstream/syncs",
+            Some(&key),
+            Some(&json!({"direction": "pull"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{a}");
+    let (status, b) = env
+        .call(
+            "POST",
+            "/v1/acme/small/upstream/syncs",
+            Some(&key),
+            Some(&json!({"direction": "pull"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{b}");
+    let limit = Duration::from_secs(60);
+    let a = env
+        .wait_for_sync(&key, "acme", "big", a["id"].as_str().unwrap(), limit)
+        .await
+        .unwrap();
+    let b = env
+        .wait_for_sync(&key, "acme", "small", b["id"].as_str().unwrap(), limit)
+        .await
+        .unwrap();
+    assert_eq!(a["status"], "failed", "{a}");
+    assert_eq!(a["attempt"], 1, "an oversized pack is permanent: {a}");
+    assert_eq!(a["error"], "pack_too_large");
+    assert_eq!(b["status"], "completed", "{b}");
+    let (_, repo) = env
+        .call("GET", "/v1/acme/big", Some(&key), None)
+        .await
+        .unwrap();
+    let big_path = env
+        .hosted_repo_path(repo["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    if big_path.exists() {
+        assert!(
+            depot_e2e::fixture::list_refs(&big_path).unwrap().is_empty(),
+            "nothing may land"
+        );
+    }
+    let pid = env.workers[0].pid().unwrap();
+    let peak = peak_rss_bytes(pid);
+    assert!(peak < 256 * 1024 * 1024, "worker peak RSS {peak} bytes");
+    env.cleanup().await.unwrap();
+}

@@ -30,7 +30,12 @@ pub fn decode(kind: &str, cursor: &str) -> Result<i64, ApiError> {
     if k != kind {
         return Err(bad());
     }
-    seq.parse::<i64>().ok().filter(|s| *s >= 0).ok_or_else(bad)
+    // Only the exact spelling `encode` makes ("7", not "+7" or "007"): one
+    // position, one cursor.
+    seq.parse::<i64>()
+        .ok()
+        .filter(|s| *s >= 0 && s.to_string() == seq)
+        .ok_or_else(bad)
 }
 
 pub fn limit(raw: Option<&str>) -> Result<i64, ApiError> {
@@ -58,7 +63,9 @@ mod tests {
     fn cursors_round_trip_and_refuse_garbage() {
         assert_eq!(decode("s", &encode("s", 42)).unwrap(), 42);
         assert!(decode("r", &encode("s", 42)).is_err());
-        for bad in ["", "!!!", "czo", "czotMQ", &"a".repeat(100)] {
+        let plus = URL_SAFE_NO_PAD.encode("s:+7");
+        let zeros = URL_SAFE_NO_PAD.encode("s:007");
+        for bad in ["", "!!!", "czo", "czotMQ", &"a".repeat(100), &plus, &zeros] {
             assert!(decode("s", bad).is_err(), "{bad}");
         }
         assert_eq!(limit(None).unwrap(), 50);
