@@ -235,7 +235,7 @@ pub async fn claim(
     // committed, and both would claim.
     let lock = tx
         .prepare_cached(
-            "SELECT r.org_id, r.default_bookmark FROM repos r WHERE r.id = $1 FOR UPDATE",
+            "SELECT r.org_id, r.default_bookmark FROM repos r WHERE r.id = $1 FOR NO KEY UPDATE",
         )
         .await?;
     let Some(repo) = tx.query_opt(&lock, &[&repo_id]).await? else {
@@ -262,13 +262,19 @@ pub async fn claim(
         // claims in one org cannot both take the last slot.
         let org_id: String = repo.get(0);
         let lock_org = tx
-            .prepare_cached("SELECT 1 FROM orgs WHERE id = $1 FOR UPDATE")
+            // NO KEY UPDATE: serialises claimers without blocking the key
+            // share locks that inserts referencing the org take.
+            .prepare_cached("SELECT 1 FROM orgs WHERE id = $1 FOR NO KEY UPDATE")
             .await?;
         tx.query_opt(&lock_org, &[&org_id]).await?;
         let count = tx
             .prepare_cached(
-                "SELECT count(*) FROM syncs s JOIN repos r ON r.id = s.repo_id
-                 WHERE r.org_id = $1 AND s.status = 'in_progress'",
+                // Start from the few running syncs (partial index on
+                // in_progress), not from the org's whole sync history.
+                "WITH running AS MATERIALIZED (
+                     SELECT repo_id FROM syncs WHERE status = 'in_progress')
+                 SELECT count(*) FROM running JOIN repos r ON r.id = running.repo_id
+                 WHERE r.org_id = $1",
             )
             .await?;
         let running: i64 = tx.query_one(&count, &[&org_id]).await?.get(0);
