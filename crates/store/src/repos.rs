@@ -127,17 +127,7 @@ pub async fn by_name(
     org_id: &str,
     name: &str,
 ) -> Result<Option<Repo>> {
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM repos r LEFT JOIN upstreams u ON u.repo_id = r.id
-             WHERE r.org_id = $1 AND r.name = $2"
-        ))
-        .await?;
-    Ok(client
-        .query_opt(&stmt, &[&org_id, &name])
-        .await?
-        .as_ref()
-        .map(from_row))
+    find_by_name(client, org_id, name, "").await
 }
 
 /// Lock a repo row for the rest of the caller's transaction (`FOR UPDATE`).
@@ -146,10 +136,19 @@ pub async fn by_name_for_update(
     org_id: &str,
     name: &str,
 ) -> Result<Option<Repo>> {
+    find_by_name(client, org_id, name, "FOR UPDATE OF r").await
+}
+
+async fn find_by_name(
+    client: &impl GenericClient,
+    org_id: &str,
+    name: &str,
+    lock: &str,
+) -> Result<Option<Repo>> {
     let stmt = client
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM repos r LEFT JOIN upstreams u ON u.repo_id = r.id
-             WHERE r.org_id = $1 AND r.name = $2 FOR UPDATE OF r"
+             WHERE r.org_id = $1 AND r.name = $2 {lock}"
         ))
         .await?;
     Ok(client
