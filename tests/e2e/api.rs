@@ -715,6 +715,21 @@ async fn syncs_post_get_list_and_the_409_rules() {
             )
             .await;
         assert_error(&r, 404, "NOT_FOUND", None);
+        assert_eq!(r.1["error"]["message"], "sync not found", "{id}");
+    }
+    // The poll resolves repo and sync in one statement and still tells
+    // which of the two is missing.
+    for id in [first["id"].as_str().unwrap(), "nope"] {
+        let r = env
+            .api(
+                "GET",
+                &format!("/v1/acme/no-such-repo/upstream/syncs/{id}"),
+                Some(&key),
+                None,
+            )
+            .await;
+        assert_error(&r, 404, "NOT_FOUND", None);
+        assert_eq!(r.1["error"]["message"], "repository not found", "{id}");
     }
     // A sync is found only under its own repo.
     let r = env

@@ -8,16 +8,36 @@ use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpRequest, web};
 use depot_domain::Scope;
 use depot_store::keys::KeyRecord;
+use depot_store::{Pool, PooledClient as Object};
 use std::future::Future;
 use std::pin::Pin;
 
 /// The authenticated caller of a request.
-#[derive(Debug, Clone)]
 pub struct Caller {
     pub key: KeyRecord,
+    /// The connection the key was checked on. Handlers take it with
+    /// [`Caller::db`] so that a request holds one pool slot, not two: the
+    /// status poll is the dominant load and a second checkout per request
+    /// was a measurable share of its cost (docs/benchmarks.md).
+    conn: Option<Object>,
 }
 
 impl Caller {
+    /// The request's database connection: the one authentication used, or
+    /// a fresh one if it was released.
+    pub async fn db(&mut self, pool: &Pool) -> Result<Object, ApiError> {
+        match self.conn.take() {
+            Some(conn) => Ok(conn),
+            None => Ok(pool.get().await?),
+        }
+    }
+
+    /// Give the connection back before slow work that needs none (reading
+    /// a request body from a slow client), so it cannot hold a pool slot.
+    pub fn release_db(&mut self) {
+        self.conn = None;
+    }
+
     /// The path's org must be the key's own. Another org is "not found": an
     /// API key never learns whether another org or its repos exist.
     pub fn org(&self, slug: &str) -> Result<(), ApiError> {
@@ -75,13 +95,16 @@ impl FromRequest for Caller {
         Box::pin(async move {
             let token = token?;
             let state = state.ok_or_else(|| ApiError::internal("application state missing"))?;
-            let client = state.pool.get().await?;
-            let key = depot_store::keys::find(&client, &token)
+            let conn = state.pool.get().await?;
+            let key = depot_store::keys::find(&conn, &token)
                 .await?
                 .filter(|k| k.is_active(chrono::Utc::now()))
                 .ok_or_else(|| ApiError::unauthorized("invalid, revoked or expired API key"))?;
             tracing::Span::current().record("key_id", key.id.as_str());
-            Ok(Caller { key })
+            Ok(Caller {
+                key,
+                conn: Some(conn),
+            })
         })
     }
 }

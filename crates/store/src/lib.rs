@@ -15,7 +15,7 @@ pub mod pool;
 pub mod repos;
 pub mod syncs;
 
-pub use deadpool_postgres::{GenericClient, Pool, Transaction};
+pub use deadpool_postgres::{GenericClient, Object as PooledClient, Pool, Transaction};
 pub use tokio_postgres::Error as PgError;
 /// Pool error types, for callers converting them.
 pub mod deadpool_error {

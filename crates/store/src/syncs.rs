@@ -116,22 +116,39 @@ pub async fn enqueue(
     }
 }
 
-pub async fn get(
+/// What a status poll finds for `(org, repo name, sync id)`.
+#[derive(Debug)]
+pub enum Lookup {
+    NoRepo,
+    NoSync,
+    Found(Box<SyncRecord>),
+}
+
+/// A sync by its repo's name, in one statement: the status poll is the
+/// dominant load, and resolving the repo first would cost a second round
+/// trip. The LEFT JOIN still tells a missing repo from a missing sync.
+pub async fn in_repo(
     client: &impl GenericClient,
-    repo_id: &str,
+    org_id: &str,
+    repo_name: &str,
     sync_id: &str,
-) -> Result<Option<SyncRecord>> {
+) -> Result<Lookup> {
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM syncs s WHERE s.repo_id = $1 AND s.id = $2"
+            "SELECT {COLUMNS} FROM repos r LEFT JOIN syncs s ON s.repo_id = r.id AND s.id = $3
+             WHERE r.org_id = $1 AND r.name = $2"
         ))
         .await?;
-    client
-        .query_opt(&stmt, &[&repo_id, &sync_id])
+    let Some(row) = client
+        .query_opt(&stmt, &[&org_id, &repo_name, &sync_id])
         .await?
-        .as_ref()
-        .map(from_row)
-        .transpose()
+    else {
+        return Ok(Lookup::NoRepo);
+    };
+    if row.get::<_, Option<&str>>("id").is_none() {
+        return Ok(Lookup::NoSync);
+    }
+    Ok(Lookup::Found(Box::new(from_row(&row)?)))
 }
 
 pub async fn by_id(client: &impl GenericClient, sync_id: &str) -> Result<Option<SyncRecord>> {

@@ -17,11 +17,11 @@ pub async fn whoami(caller: Caller) -> HttpResponse {
 
 pub async fn get(
     state: web::Data<AppState>,
-    caller: Caller,
+    mut caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.for_org(&path, Scope::Read)?;
-    let client = state.pool.get().await?;
+    let client = caller.db(&state.pool).await?;
     let org = depot_store::orgs::by_slug(&client, &path)
         .await?
         .ok_or_else(|| ApiError::not_found("organization"))?;

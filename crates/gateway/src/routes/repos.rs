@@ -26,7 +26,7 @@ const MAX_SECRET: usize = 4096;
 const RESERVED_NAMES: &[&str] = &["repos", ".", ".."];
 
 /// Could `name` be a repository's name at all?
-fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     (1..=100).contains(&name.len())
         && name
             .bytes()
@@ -230,11 +230,13 @@ async fn render(
 
 pub async fn create(
     state: web::Data<AppState>,
-    caller: Caller,
+    mut caller: Caller,
     path: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     caller.for_org(&path, Scope::Write)?;
+    // Not held while the body arrives: a slow client would hold a pool slot.
+    caller.release_db();
     let body =
         json::parse_object(&read_body(payload, state.settings.gateway.max_body_bytes).await?)?;
     json::only_keys(&body, &["name", "default_bookmark", "tags", "upstream"], "")?;
@@ -260,7 +262,7 @@ pub async fn create(
         )?),
         _ => None,
     };
-    let mut client = state.pool.get().await?;
+    let mut client = caller.db(&state.pool).await?;
     let tx = client.transaction().await?;
     let inserted = depot_store::repos::insert(
         &tx,
@@ -296,7 +298,7 @@ pub async fn create(
 
 pub async fn list(
     state: web::Data<AppState>,
-    caller: Caller,
+    mut caller: Caller,
     path: web::Path<String>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -306,7 +308,7 @@ pub async fn list(
         Some(c) => pagination::decode("r", c)?,
         None => 0,
     };
-    let client = state.pool.get().await?;
+    let client = caller.db(&state.pool).await?;
     let mut repos = depot_store::repos::list(&client, &caller.key.org_id, after, limit + 1).await?;
     let has_more = repos.len() as i64 > limit;
     repos.truncate(limit as usize);
@@ -333,24 +335,26 @@ pub async fn list(
 
 pub async fn get(
     state: web::Data<AppState>,
-    caller: Caller,
+    mut caller: Caller,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (org, name) = path.into_inner();
     caller.for_org(&org, Scope::Read)?;
-    let client = state.pool.get().await?;
+    let client = caller.db(&state.pool).await?;
     let repo = load_repo(&client, &caller.key.org_id, &name).await?;
     Ok(HttpResponse::Ok().json(render(&client, &repo, &caller.key.org_slug).await?))
 }
 
 pub async fn update(
     state: web::Data<AppState>,
-    caller: Caller,
+    mut caller: Caller,
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (org, name) = path.into_inner();
     caller.for_org(&org, Scope::Write)?;
+    // Not held while the body arrives: a slow client would hold a pool slot.
+    caller.release_db();
     let body =
         json::parse_object(&read_body(payload, state.settings.gateway.max_body_bytes).await?)?;
     json::only_keys(&body, &["name", "default_bookmark", "tags", "upstream"], "")?;
@@ -367,7 +371,7 @@ pub async fn update(
         Field::Null => Field::Null,
         Field::Present(u) => Field::Present(checked_upstream(&state, u).await?),
     };
-    let mut client = state.pool.get().await?;
+    let mut client = caller.db(&state.pool).await?;
     let tx = client.transaction().await?;
     let repo = depot_store::repos::by_name_for_update(&tx, &caller.key.org_id, &name)
         .await?
@@ -407,12 +411,12 @@ pub async fn update(
 
 pub async fn delete(
     state: web::Data<AppState>,
-    caller: Caller,
+    mut caller: Caller,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (org, name) = path.into_inner();
     caller.for_org(&org, Scope::Write)?;
-    let client = state.pool.get().await?;
+    let client = caller.db(&state.pool).await?;
     let repo = load_repo(&client, &caller.key.org_id, &name).await?;
     if !depot_store::repos::delete_and_schedule_purge(&client, &repo.id, &caller.key.org_id).await?
     {

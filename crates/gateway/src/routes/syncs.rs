@@ -1,7 +1,7 @@
 //! `/v1/{org}/{repo}/upstream/syncs`: the "Sync upstream" operation
 //! (seed/sync-upstream.openapi.md) and its two read companions.
 
-use super::repos::load_repo;
+use super::repos::{is_valid_name, load_repo};
 use super::{json_response, read_body};
 use crate::AppState;
 use crate::auth::Caller;
@@ -15,7 +15,7 @@ use depot_contracts::Message as _;
 use depot_domain::ids::{looks_like, new_id};
 use depot_domain::{Direction, RefGlobs, RefGlobsInput, Scope};
 use depot_store::idempotency::{self, Reservation};
-use depot_store::syncs::Enqueued;
+use depot_store::syncs::{Enqueued, Lookup};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -94,13 +94,15 @@ fn canonical(value: &Value) -> String {
 
 pub async fn create(
     state: web::Data<AppState>,
-    caller: Caller,
+    mut caller: Caller,
     req: HttpRequest,
     path: web::Path<(String, String)>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (org, repo_name) = path.into_inner();
     caller.for_org(&org, Scope::Write)?;
+    // Not held while the body arrives: a slow client would hold a pool slot.
+    caller.release_db();
     let body =
         json::parse_object(&read_body(payload, state.settings.gateway.max_body_bytes).await?)?;
     let request = parse_request(&body)?;
@@ -116,7 +118,7 @@ pub async fn create(
     )
     .to_vec();
 
-    let mut client = state.pool.get().await?;
+    let mut client = caller.db(&state.pool).await?;
     let tx = client.transaction().await?;
     if let Some(key) = &idem_key {
         match idempotency::reserve(&tx, &caller.key.org_id, key, &request_hash).await? {
@@ -246,25 +248,32 @@ async fn publish(state: &AppState, sync: &depot_store::syncs::SyncRecord, outbox
 
 pub async fn get(
     state: web::Data<AppState>,
-    caller: Caller,
+    mut caller: Caller,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (org, repo_name, sync_id) = path.into_inner();
     caller.for_org(&org, Scope::Read)?;
-    if !looks_like("sync", &sync_id) {
-        return Err(ApiError::not_found("sync"));
+    if !is_valid_name(&repo_name) {
+        return Err(ApiError::not_found("repository"));
     }
-    let client = state.pool.get().await?;
-    let repo = load_repo(&client, &caller.key.org_id, &repo_name).await?;
-    let sync = depot_store::syncs::get(&client, &repo.id, &sync_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("sync"))?;
-    Ok(HttpResponse::Ok().json(views::sync(&sync)))
+    let client = caller.db(&state.pool).await?;
+    // An id that is not one of ours still needs the repo checked first: a
+    // missing repo is reported before a missing sync.
+    let sync_id = if looks_like("sync", &sync_id) {
+        sync_id.as_str()
+    } else {
+        ""
+    };
+    match depot_store::syncs::in_repo(&client, &caller.key.org_id, &repo_name, sync_id).await? {
+        Lookup::NoRepo => Err(ApiError::not_found("repository")),
+        Lookup::NoSync => Err(ApiError::not_found("sync")),
+        Lookup::Found(sync) => Ok(HttpResponse::Ok().json(views::sync(&sync))),
+    }
 }
 
 pub async fn list(
     state: web::Data<AppState>,
-    caller: Caller,
+    mut caller: Caller,
     path: web::Path<(String, String)>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -275,7 +284,7 @@ pub async fn list(
         Some(c) => pagination::decode("s", c)?,
         None => i64::MAX,
     };
-    let client = state.pool.get().await?;
+    let client = caller.db(&state.pool).await?;
     let repo = load_repo(&client, &caller.key.org_id, &repo_name).await?;
     let mut syncs = depot_store::syncs::list(&client, &repo.id, before, limit + 1).await?;
     let has_more = syncs.len() as i64 > limit;
