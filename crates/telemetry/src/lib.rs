@@ -74,6 +74,32 @@ fn tracer_provider(settings: &Telemetry, service: &str) -> (SdkTracerProvider, O
     }
 }
 
+/// The OpenTelemetry layer. Without an exporter it only gives spans their
+/// ids (propagation, trace ids in logs and 500 bodies), so it skips what
+/// nobody would read: span events, source locations, thread names and
+/// busy/idle timings. These cost a measurable share of a status poll
+/// (docs/benchmarks.md, 1e). Context activation is off either way: nothing
+/// here reads OpenTelemetry's implicit current context; trace context is
+/// taken from the `tracing` span ([`inject_current`]).
+fn otel_layer<S>(
+    tracer: opentelemetry_sdk::trace::Tracer,
+    exporting: bool,
+) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer as _;
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_context_activation(false)
+        .with_location(exporting)
+        .with_threads(exporting)
+        .with_tracked_inactivity(exporting)
+        .with_filter(tracing_subscriber::filter::filter_fn(move |meta| {
+            exporting || meta.is_span()
+        }))
+}
+
 /// Install the global subscriber. `RUST_LOG`, when set, overrides
 /// `telemetry.filter`. Calling it twice (tests) keeps the first subscriber.
 pub fn init(settings: &Telemetry, default_service: &str) -> TelemetryGuard {
@@ -91,8 +117,9 @@ pub fn init(settings: &Telemetry, default_service: &str) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(otel_layer(tracer, settings.otlp_endpoint.is_some()));
     let _ = match settings.format {
         LogFormat::Json => registry
             .with(
@@ -164,12 +191,16 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn with_otel<T>(f: impl FnOnce() -> T) -> T {
+    /// Runs `f` under the layer `init` installs, configured as with and
+    /// as without an exporter: ids and propagation must not depend on it.
+    fn with_otel(f: impl Fn()) {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        let provider = SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-        tracing::subscriber::with_default(subscriber, f)
+        for exporting in [false, true] {
+            let provider = SdkTracerProvider::builder().build();
+            let subscriber =
+                tracing_subscriber::registry().with(otel_layer(provider.tracer("test"), exporting));
+            tracing::subscriber::with_default(subscriber, &f);
+        }
     }
 
     #[test]
