@@ -1123,6 +1123,10 @@ async fn every_error_is_the_envelope_and_accept_is_negotiated() {
         ("PUT", "/v1/acme/r"),
         ("POST", "/v1/acme/r"),
         ("DELETE", "/v1/acme/repos/x/y/z"),
+        ("DELETE", "/v1/acme/repos"),
+        ("POST", "/v1/acme"),
+        ("DELETE", "/v1/acme/r/upstream/syncs"),
+        ("PUT", "/v1/acme/r/upstream/syncs/sync_x"),
     ] {
         let r = env
             .request(
