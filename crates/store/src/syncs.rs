@@ -64,6 +64,12 @@ pub enum Enqueued {
     AlreadyQueued(String),
 }
 
+/// The oldest queued sync equal to a new one (repo, direction, globs), by
+/// `syncs_queued_identity` (migrations/V3): public for the test that keeps
+/// its plan an index lookup whatever the backlog (tests/query_plans.rs).
+pub const QUEUED_TWIN: &str = "SELECT id FROM syncs WHERE repo_id = $1 AND direction = $2 \
+     AND branches_glob = $3 AND tags_glob = $4 AND status = 'queued' ORDER BY seq LIMIT 1";
+
 /// Insert a queued sync unless an equal one is still queued. Run inside the
 /// caller's transaction together with the outbox row.
 pub async fn enqueue(
@@ -73,12 +79,7 @@ pub async fn enqueue(
     direction: Direction,
     globs: &RefGlobs,
 ) -> Result<Enqueued> {
-    let existing = client
-        .prepare_cached(
-            "SELECT id FROM syncs WHERE repo_id = $1 AND direction = $2 AND branches_glob = $3
-             AND tags_glob = $4 AND status = 'queued' ORDER BY seq LIMIT 1",
-        )
-        .await?;
+    let existing = client.prepare_cached(QUEUED_TWIN).await?;
     let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
         [&repo_id, &direction.as_str(), &globs.branches, &globs.tags];
     if let Some(row) = client.query_opt(&existing, &args).await? {

@@ -1,0 +1,93 @@
+//! The hot statements keep their index plans whatever the table holds:
+//! a plan that reads the whole queued backlog is correct and passes every
+//! functional test, and only shows as latency under load (docs/benchmarks.md).
+//! Checked on the generic plan, the one a prepared statement ends up with.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Every node of a JSON plan, depth first.
+fn nodes(plan: &Value, out: &mut Vec<Value>) {
+    out.push(plan.clone());
+    if let Some(children) = plan.get("Plans").and_then(Value::as_array) {
+        for child in children {
+            nodes(child, out);
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_queued_twin_check_reads_one_index_range_not_the_backlog() {
+    let db_name = format!("depot_plans_{:016x}", rand::random::<u64>());
+    let url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
+    depot_store::migrate::run(&url).await.unwrap();
+    let client = connect(&url).await;
+    // A backlog: 40,000 queued syncs over 200 repositories, half of them
+    // then finished (dead entries in the partial indexes until vacuum).
+    client
+        .batch_execute(
+            "INSERT INTO orgs (id, slug, name) VALUES ('org_p', 'p', 'p');
+             INSERT INTO repos (id, org_id, name)
+                 SELECT 'repo_' || i, 'org_p', 'r' || i FROM generate_series(1, 200) i;
+             INSERT INTO syncs (id, repo_id, direction, branches_glob, tags_glob)
+                 SELECT 'sync_' || i, 'repo_' || (i % 200 + 1), 'pull', 'g' || i, ''
+                 FROM generate_series(1, 40000) i;
+             UPDATE syncs SET status = 'failed', error = 'x', finished_at = now()
+                 WHERE substr(id, 6)::int % 2 = 0;
+             ANALYZE syncs;",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "SET plan_cache_mode = force_generic_plan;
+             PREPARE twin(text, text, text, text) AS {};",
+            depot_store::syncs::QUEUED_TWIN
+        ))
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE twin('repo_8', 'pull', 'g7', '')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let explained: Value = row.get(0);
+    let plan = &explained[0]["Plan"];
+    let mut all = Vec::new();
+    nodes(plan, &mut all);
+    let indexes: Vec<&str> = all
+        .iter()
+        .filter_map(|n| n.get("Index Name").and_then(Value::as_str))
+        .collect();
+    assert_eq!(indexes, ["syncs_queued_identity"], "{plan:#}");
+    let buffers =
+        plan["Shared Hit Blocks"].as_i64().unwrap() + plan["Shared Read Blocks"].as_i64().unwrap();
+    assert!(buffers < 20, "read {buffers} blocks: {plan:#}");
+    // And it finds the twin: `g7` went to repo_8 (7 % 200 + 1), still queued.
+    let found = client
+        .query_opt("EXECUTE twin('repo_8', 'pull', 'g7', '')", &[])
+        .await
+        .unwrap()
+        .map(|r| r.get::<_, String>(0));
+    assert_eq!(found.as_deref(), Some("sync_7"));
+
+    drop(client);
+    connect(ADMIN_URL)
+        .await
+        .batch_execute(&format!("DROP DATABASE \"{db_name}\" WITH (FORCE)"))
+        .await
+        .unwrap();
+}
