@@ -138,6 +138,9 @@ pub struct TestEnv {
     pub workers: Vec<Proc>,
     pub base_url: String,
     pub http: reqwest::Client,
+    /// Set by [`TestEnv::cleanup`]; otherwise `Drop` removes the database
+    /// and the broker namespace (a failed test panics before `cleanup`).
+    cleaned: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -206,6 +209,7 @@ impl TestEnv {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
+            cleaned: false,
         };
         let out = test_env.admin(&["migrate"])?;
         if !out.contains("applied") {
@@ -399,34 +403,68 @@ impl TestEnv {
 
     /// Stop the processes, drop the database and the broker namespace.
     pub async fn cleanup(mut self) -> Result<()> {
+        self.stop_all();
+        drop_resources(&self.db_name, &self.namespace).await?;
+        self.cleaned = true;
+        Ok(())
+    }
+
+    fn stop_all(&mut self) {
         if let Some(mut g) = self.gateway.take() {
             g.kill9();
         }
         for w in &mut self.workers {
             w.kill9();
         }
-        let broker = depot_broker::Broker::connect(depot_broker::BrokerOptions {
-            url: AMQP_URL.into(),
-            namespace: self.namespace.clone(),
-            timeout: Duration::from_secs(10),
-            delivery_limit: 10,
-            connection_name: "depot-e2e-cleanup".into(),
-        })
-        .await?;
-        broker.delete_topology().await?;
-        broker.close().await;
-        let (client, conn) = tokio_postgres::connect(PG_ADMIN_URL, tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.db_name
-            ))
-            .await?;
-        Ok(())
     }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.stop_all();
+        // Drop may run inside the test's runtime (which cannot be blocked
+        // on from within): a thread with its own runtime does the work.
+        let (db, namespace) = (self.db_name.clone(), self.namespace.clone());
+        let outcome = std::thread::spawn(move || -> Result<()> {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(drop_resources(&db, &namespace))
+        })
+        .join();
+        if !matches!(outcome, Ok(Ok(()))) {
+            eprintln!(
+                "test cleanup failed: database {} / broker namespace {} may be left behind",
+                self.db_name, self.namespace
+            );
+        }
+    }
+}
+
+async fn drop_resources(db_name: &str, namespace: &str) -> Result<()> {
+    let broker = depot_broker::Broker::connect(depot_broker::BrokerOptions {
+        url: AMQP_URL.into(),
+        namespace: namespace.to_string(),
+        timeout: Duration::from_secs(10),
+        delivery_limit: 10,
+        connection_name: "depot-e2e-cleanup".into(),
+    })
+    .await?;
+    broker.delete_topology().await?;
+    broker.close().await;
+    let (client, conn) = tokio_postgres::connect(PG_ADMIN_URL, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
+        ))
+        .await?;
+    Ok(())
 }
 
 /// The port from the gateway's JSON log line `gateway listening`.
