@@ -6,6 +6,8 @@
 -- syncs, each POST paid for the whole backlog (measured: 145,000 index
 -- entries and 4 ms per check, 16 ms p50 under load).
 -- `syncs_one_fresh_queued` does not serve: it covers attempt = 0 only.
-CREATE INDEX syncs_queued_identity
+-- IF NOT EXISTS: a large deployment builds it first with CONCURRENTLY
+-- (docs/operations.md), and this then leaves it be.
+CREATE INDEX IF NOT EXISTS syncs_queued_identity
     ON syncs (repo_id, direction, branches_glob, tags_glob, seq)
     WHERE status = 'queued';
