@@ -485,6 +485,12 @@ async fn a_worker_killed_mid_run_is_recovered_by_another_with_attempt_2() {
     .await
     .unwrap();
     env.workers[0].kill9();
+    // Had it been killed while writing main, main's lock would be left:
+    // the next run must not trip over it (it is older than half a lease by
+    // the time the lease runs out and the sync is claimed again).
+    let hosted = env.hosted_repo_path(&repo_id).await.unwrap();
+    let lock = hosted.join("refs/heads/main.lock");
+    std::fs::write(&lock, format!("{c1}\n")).unwrap();
     up.server.set_delay(None);
     env.start_worker().unwrap();
 
@@ -494,6 +500,11 @@ async fn a_worker_killed_mid_run_is_recovered_by_another_with_attempt_2() {
         .unwrap();
     assert_eq!(done["status"], "completed", "{done}\n{}", env.all_logs());
     assert_eq!(done["attempt"], 2);
+    assert!(!lock.exists());
+    assert_eq!(
+        log_lines_with(&env, "removed stale lock files left by an interrupted run").len(),
+        1
+    );
     assert_ref(
         &stats_by_name(&done),
         "refs/heads/main",
@@ -502,7 +513,6 @@ async fn a_worker_killed_mid_run_is_recovered_by_another_with_attempt_2() {
         "updated",
         None,
     );
-    let hosted = env.hosted_repo_path(&repo_id).await.unwrap();
     assert_eq!(refs_of(&hosted)["refs/heads/main"], c1);
     assert_no_quarantine(&hosted);
     env.cleanup().await.unwrap();

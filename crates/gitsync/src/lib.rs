@@ -19,7 +19,7 @@ mod repo;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use depot_domain::{RefMatcher, RefStat};
 
@@ -79,6 +79,11 @@ pub struct RunSpec<'a> {
     /// hosted repository's `HEAD` at `refs/heads/<it>` (even while unborn),
     /// so clones of the hosted repository check it out.
     pub default_branch: Option<&'a str>,
+    /// A pull first removes `*.lock` files at least this old from the
+    /// hosted repository: left by a run killed mid-write, they would fail
+    /// every later run with `lock_contention`. The worker passes half its
+    /// lease (see `repo::clear_stale_locks`); `None` leaves them.
+    pub stale_lock_age: Option<Duration>,
 }
 
 /// upstream -> hosted. One entry per matched upstream ref, unsorted.

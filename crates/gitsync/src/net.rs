@@ -345,6 +345,7 @@ mod tests {
             max_pack_bytes: None,
             max_refs: None,
             default_branch: None,
+            stale_lock_age: None,
         };
         let g = Guard::new(&spec);
         assert_eq!(g.check(), Err(SyncError::Transient("timeout".into())));

@@ -24,6 +24,9 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     let guard = Guard::new(spec);
     guard.check()?;
     crate::repo::ensure_repo(spec.repo_path)?;
+    if let Some(age) = spec.stale_lock_age {
+        crate::repo::clear_stale_locks(spec.repo_path, age);
+    }
     let repo =
         open_existing(spec.repo_path)?.ok_or_else(|| SyncError::permanent(REPOSITORY_ERROR))?;
     if let Some(branch) = spec.default_branch {

@@ -1,8 +1,10 @@
 //! Hosted repository helpers that need no network.
 
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use git2::{ErrorCode, Repository, RepositoryInitOptions};
+use walkdir::WalkDir;
 
 use crate::error::{SyncError, classify};
 use crate::net::{is_valid_ref_name, open_existing};
@@ -72,6 +74,63 @@ pub(crate) fn clear_all_quarantines(repo: &Repository) {
         {
             tracing::warn!(ref_name = %name, error = %e.message(), "deleting quarantine ref failed");
         }
+    }
+}
+
+/// Remove `*.lock` files at least `older_than` old from a hosted repository
+/// (its git directory, `objects/` aside). libgit2 writes a ref through
+/// `<ref>.lock` and refuses to update a ref whose lock exists, so a run
+/// killed mid-write (SIGKILL, OOM, a lost node) used to fail every later run
+/// of the repository with `lock_contention` until someone removed the file.
+///
+/// Why an age and not "all of them": runs of one repository never overlap
+/// (a claim needs no other run of it in progress), and the sync of a run
+/// that died is claimed again only once its lease has run out; it renewed
+/// the lease every third of it, so its locks are at least two thirds of a
+/// lease old by then. The worker passes half a lease. A younger lock can
+/// only belong to a run that lost its lease but is still writing (it stops
+/// at its next heartbeat): removing that one could let its rename publish
+/// our half-written lock, so it is left alone.
+pub(crate) fn clear_stale_locks(git_dir: &Path, older_than: Duration) {
+    let now = SystemTime::now();
+    let mut removed = 0usize;
+    let entries = WalkDir::new(git_dir)
+        .follow_links(false)
+        .into_iter()
+        // Objects are written to temporary files, never through locks;
+        // skipping them keeps the walk to refs and a few files.
+        .filter_entry(|e| !(e.depth() == 1 && e.file_name() == "objects"))
+        .filter_map(Result::ok);
+    for entry in entries {
+        let is_lock =
+            entry.file_type().is_file() && entry.file_name().as_encoded_bytes().ends_with(b".lock");
+        if !is_lock {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age >= older_than);
+        if !stale {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                file = %entry.path().display(),
+                error = %e,
+                "removing a stale lock file failed"
+            ),
+        }
+    }
+    if removed > 0 {
+        tracing::warn!(
+            count = removed,
+            "removed stale lock files left by an interrupted run"
+        );
     }
 }
 

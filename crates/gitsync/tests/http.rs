@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use depot_domain::{Outcome, RefGlobs, RefMatcher, RefStat};
 use depot_gitsync::{Credentials, RunSpec, SyncError, branch_tip, ensure_repo, pull, push};
@@ -78,6 +78,7 @@ fn spec<'a>(e: &'a Env, matcher: &'a RefMatcher) -> RunSpec<'a> {
         max_pack_bytes: None,
         max_refs: None,
         default_branch: None,
+        stale_lock_age: None,
     }
 }
 
@@ -232,6 +233,50 @@ fn pull_fast_forwards_and_never_deletes() {
             .iter()
             .any(|n| n.starts_with("refs/depot/"))
     );
+}
+
+#[test]
+fn pull_removes_stale_locks_left_by_a_killed_run_and_keeps_fresh_ones() {
+    let e = env();
+    let (c1, _) = seed_upstream(&e);
+    let m = all();
+    pull(&spec(&e, &m)).unwrap();
+    let c3 = e.work.commit("main", "three").unwrap();
+    force_push(&e.work, &e.upstream, "refs/heads/main:refs/heads/main");
+    // What a run killed while updating main leaves behind: the ref's lock,
+    // an hour old.
+    let stale = e.hosted.join("refs/heads/main.lock");
+    std::fs::write(&stale, format!("{c1}\n")).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    // A lock a live run could be holding right now.
+    let fresh = e.hosted.join("refs/heads/other.lock");
+    std::fs::write(&fresh, "x").unwrap();
+
+    // Left alone, the stale lock keeps main from moving.
+    let _ = pull(&spec(&e, &m));
+    assert_eq!(rev_parse(&e.hosted, "refs/heads/main").unwrap(), c1);
+    assert!(stale.exists());
+
+    let cleaning = RunSpec {
+        stale_lock_age: Some(Duration::from_secs(30)),
+        ..spec(&e, &m)
+    };
+    let stats = by_name(pull(&cleaning).unwrap());
+    assert_stat(
+        &stats["refs/heads/main"],
+        Some(&c1),
+        &c3,
+        Outcome::Updated,
+        None,
+    );
+    assert_eq!(rev_parse(&e.hosted, "refs/heads/main").unwrap(), c3);
+    assert!(!stale.exists());
+    assert!(fresh.exists(), "a lock younger than the age is not touched");
 }
 
 #[test]

@@ -454,6 +454,7 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
     let deadline = Instant::now() + Duration::from_secs(ctx.settings.upstream.timeout_seconds);
     let max_pack = ctx.settings.upstream.max_pack_bytes;
     let max_refs = ctx.settings.upstream.max_refs;
+    let stale_lock_age = Duration::from_secs(ctx.settings.worker.lease_seconds) / 2;
     let span = tracing::Span::current();
     let joined = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
@@ -476,6 +477,7 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
             max_pack_bytes: Some(max_pack),
             max_refs: Some(max_refs),
             default_branch: Some(&default_branch),
+            stale_lock_age: Some(stale_lock_age),
         };
         let result = match direction {
             Direction::Pull => depot_gitsync::pull(&spec),
