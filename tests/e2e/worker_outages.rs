@@ -1,6 +1,7 @@
 //! The worker under infrastructure outages: RabbitMQ or Postgres restarted
 //! in the middle of a batch of syncs, and every accepted sync still ends
-//! `completed` or `failed`.
+//! `completed` or `failed`; a broker reconnect does not lift the worker's
+//! concurrency limit.
 //!
 //! These tests stop shared services, so their names start with
 //! `disruptive_`: `scripts/test.sh` runs them after everything else, one at
@@ -97,6 +98,61 @@ async fn disruptive_rabbitmq_restart_during_a_batch_every_sync_still_ends() {
         .await
         .unwrap();
     assert_eq!(after["status"], "completed", "{after}");
+    drop(rabbit);
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disruptive_a_broker_reconnect_never_runs_more_syncs_than_the_concurrency() {
+    let up = Upstream::start("project").unwrap();
+    up.work.commit("main", "m1").unwrap();
+    up.publish().unwrap();
+    // One worker, `worker.concurrency` 2 (the test environment's value).
+    let env = TestEnv::start(EnvOptions {
+        workers: 1,
+        ..opts()
+    })
+    .await
+    .unwrap();
+    let key = env.org_and_key(ORG, "read,write").unwrap();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let repo = format!("c{i}");
+        create_repo(&env, &key, &repo, &up, None).await.unwrap();
+        ids.push(repo);
+    }
+    // Every request waits 4 s at the upstream, so the two first runs
+    // (two requests each) outlive the broker's restart.
+    up.server.set_delay(Some(Duration::from_secs(4)));
+    let mut syncs = Vec::new();
+    for repo in ids {
+        let s = post_sync(&env, &key, &repo, json!({"direction": "pull"}))
+            .await
+            .unwrap();
+        syncs.push((repo, s["id"].as_str().unwrap().to_string()));
+    }
+    eventually(
+        Duration::from_secs(30),
+        "two runs at the upstream",
+        || async { Ok((up.server.request_count() >= 2).then_some(())) },
+    )
+    .await
+    .unwrap();
+
+    // The channel those two runs came from dies with the broker; the next
+    // one may bring the other two syncs while the first two still run.
+    let mut rabbit = RabbitGuard::stop().unwrap();
+    rabbit.start().unwrap();
+
+    for d in wait_all(&env, &key, &syncs).await {
+        assert_eq!(d["status"], "completed", "{d}");
+    }
+    assert_eq!(
+        up.server.max_in_flight(),
+        2,
+        "runs talking to the upstream at once, with worker.concurrency = 2\n{}",
+        env.all_logs()
+    );
     drop(rabbit);
     env.cleanup().await.unwrap();
 }

@@ -51,6 +51,8 @@ struct State {
     /// Milliseconds every request waits before it is answered; 0 = none.
     delay_ms: AtomicU64,
     requests: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
 }
 
 /// A running server; dropping it stops the server, aborts in-flight requests
@@ -91,6 +93,8 @@ impl GitHttpServer {
             fault: AtomicU32::new(0),
             delay_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
         });
         let data = web::Data::from(Arc::clone(&state));
 
@@ -184,6 +188,13 @@ impl GitHttpServer {
         self.state.delay_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// The most requests the handler held at once so far (a request
+    /// counts from its arrival until its response starts, delay included):
+    /// with a delay set, how many clients were talking to it concurrently.
+    pub fn max_in_flight(&self) -> u64 {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
     /// HTTP requests served so far, including faulted and 401 ones.
     pub fn request_count(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)
@@ -207,8 +218,20 @@ fn plain(status: StatusCode, body: &'static str) -> HttpResponse {
         .body(body)
 }
 
+/// Counts a request out on every return path.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn handle(req: HttpRequest, payload: web::Payload, state: web::Data<State>) -> HttpResponse {
     state.requests.fetch_add(1, Ordering::SeqCst);
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let _leaving = InFlight(&state.in_flight);
 
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay != 0 {

@@ -6,6 +6,7 @@ use crate::run::handle_delivery;
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -13,6 +14,12 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken, grace: Durat
     let mut tasks = JoinSet::new();
     let tag = crate::worker_identity();
     let mut backoff = Duration::from_millis(100);
+    // `worker.concurrency` bounds runs, not just one channel's prefetch:
+    // runs taken on a channel that broke go on while the next channel
+    // receives its own prefetch, and without these permits the worker ran
+    // up to twice its concurrency after every broker reconnect.
+    let concurrency = usize::from(ctx.settings.worker.concurrency);
+    let permits = Arc::new(Semaphore::new(concurrency));
     'outer: while !shutdown.is_cancelled() {
         let broker = tokio::select! {
             b = ctx.broker.wait(Duration::from_secs(5)) => b,
@@ -32,24 +39,47 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken, grace: Durat
         };
         backoff = Duration::from_millis(100);
         tracing::info!(prefetch, "consuming sync jobs");
+        let stop = async |tasks: &mut JoinSet<()>| {
+            // Stop receiving; deliveries already taken run on and are acked
+            // on this (still open) channel.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                channel.basic_cancel(tag.as_str().into(), Default::default()),
+            )
+            .await;
+            drain(&ctx, tasks, grace).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                channel.close(200, "shutdown".into()),
+            )
+            .await;
+        };
         loop {
             // Reap finished runs so the set does not grow.
             while tasks.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    stop(&mut tasks).await;
+                    break 'outer;
+                }
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    // Never closed; should it be, stop taking work.
+                    Err(_) => break 'outer,
+                },
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    // Stop receiving; deliveries already taken run on and
-                    // are acked on this (still open) channel.
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        channel.basic_cancel(tag.as_str().into(), Default::default()),
-                    ).await;
-                    drain(&ctx, &mut tasks, grace).await;
-                    let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(200, "shutdown".into())).await;
+                    stop(&mut tasks).await;
                     break 'outer;
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        tasks.spawn(handle_delivery(ctx.clone(), delivery));
+                        let ctx = ctx.clone();
+                        tasks.spawn(async move {
+                            handle_delivery(ctx, delivery).await;
+                            drop(permit);
+                        });
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "consumer failed; reconnecting");
