@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+mod common;
 
 async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
@@ -29,10 +29,8 @@ fn nodes(plan: &Value, out: &mut Vec<Value>) {
 
 #[tokio::test]
 async fn the_queued_twin_check_reads_one_index_range_not_the_backlog() {
-    let db_name = format!("depot_plans_{:016x}", rand::random::<u64>());
-    let url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
-    depot_store::migrate::run(&url).await.unwrap();
-    let client = connect(&url).await;
+    let db = common::ScratchDb::migrated("depot_plans").await;
+    let client = connect(&db.url).await;
     // A backlog: 40,000 queued syncs over 200 repositories, half of them
     // then finished (dead entries in the partial indexes until vacuum).
     client
@@ -83,11 +81,4 @@ async fn the_queued_twin_check_reads_one_index_range_not_the_backlog() {
         .unwrap()
         .map(|r| r.get::<_, String>(0));
     assert_eq!(found.as_deref(), Some("sync_7"));
-
-    drop(client);
-    connect(ADMIN_URL)
-        .await
-        .batch_execute(&format!("DROP DATABASE \"{db_name}\" WITH (FORCE)"))
-        .await
-        .unwrap();
 }

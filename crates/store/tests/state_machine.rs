@@ -16,7 +16,7 @@ use proptest::test_runner::{Config, TestRunner};
 use std::time::Duration;
 use tokio::runtime::Runtime;
 
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+mod common;
 const MAX_ATTEMPTS: i32 = 3;
 
 #[derive(Debug, Clone)]
@@ -210,12 +210,10 @@ async fn run_case(pool: &Pool, repo_id: &str, ops: Vec<Op>) -> Result<(), TestCa
 #[test]
 fn every_sequence_of_worker_operations_keeps_the_invariants() {
     let rt = Runtime::new().unwrap();
-    let db_name = format!("depot_prop_{:016x}", rand::random::<u64>());
-    let url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
+    let db = rt.block_on(common::ScratchDb::migrated("depot_prop"));
     let pool = rt.block_on(async {
-        depot_store::migrate::run(&url).await.unwrap();
         let pool = depot_store::connect(
-            &url,
+            &db.url,
             &PoolOptions {
                 max_size: 2,
                 timeout: Duration::from_secs(5),
@@ -244,18 +242,6 @@ fn every_sequence_of_worker_operations_keeps_the_invariants() {
         rt.block_on(run_case(&pool, "repo_prop", ops))
     });
     drop(pool);
-    rt.block_on(async {
-        let (client, conn) = tokio_postgres::connect(ADMIN_URL, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
-            ))
-            .await
-            .unwrap();
-    });
     if let Err(e) = result {
         panic!("{e}");
     }
