@@ -8,7 +8,7 @@ use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpRequest, web};
 use depot_domain::Scope;
 use depot_store::keys::KeyRecord;
-use depot_store::{Pool, PooledClient as Object};
+use depot_store::{Pool, PooledClient};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -19,13 +19,13 @@ pub struct Caller {
     /// [`Caller::db`] so that a request holds one pool slot, not two: the
     /// status poll is the dominant load and a second checkout per request
     /// was a measurable share of its cost (docs/benchmarks.md).
-    conn: Option<Object>,
+    conn: Option<PooledClient>,
 }
 
 impl Caller {
     /// The request's database connection: the one authentication used, or
     /// a fresh one if it was released.
-    pub async fn db(&mut self, pool: &Pool) -> Result<Object, ApiError> {
+    pub async fn db(&mut self, pool: &Pool) -> Result<PooledClient, ApiError> {
         match self.conn.take() {
             Some(conn) => Ok(conn),
             None => Ok(pool.get().await?),
