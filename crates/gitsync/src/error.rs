@@ -67,6 +67,11 @@ pub(crate) fn classify(err: &git2::Error) -> SyncError {
         _ => {}
     }
 
+    // Our transport's own failures carry their stable code.
+    if let Some(code) = msg.strip_prefix(crate::transport::ERROR_PREFIX) {
+        return crate::transport::code_error(code.trim());
+    }
+
     let lower = msg.to_ascii_lowercase();
     if let Some(status) = http_status(&lower) {
         return from_http_status(status);
@@ -145,7 +150,7 @@ fn http_status(lower_msg: &str) -> Option<u16> {
     digits.parse().ok().filter(|s| (100..1000).contains(s))
 }
 
-fn from_http_status(status: u16) -> SyncError {
+pub(crate) fn from_http_status(status: u16) -> SyncError {
     match status {
         401 | 403 => SyncError::permanent(AUTHENTICATION_FAILED),
         404 | 410 => SyncError::permanent("upstream_not_found"),
@@ -331,6 +336,18 @@ mod tests {
         assert_eq!(
             generic(ErrorClass::Ssl, "SSL error: received early EOF"),
             SyncError::Transient("tls_error".into())
+        );
+    }
+
+    #[test]
+    fn transport_codes() {
+        assert_eq!(
+            generic(ErrorClass::Net, "depot-transport: advertisement_too_large"),
+            SyncError::Permanent("advertisement_too_large".into())
+        );
+        assert_eq!(
+            generic(ErrorClass::Net, "depot-transport: timeout"),
+            SyncError::Transient("timeout".into())
         );
     }
 

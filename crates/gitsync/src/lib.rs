@@ -7,14 +7,16 @@
 //! entry points also catch panics raised inside git2's FFI callbacks (it
 //! unwraps non-UTF-8 strings there) and report them as an error.
 //!
-//! Process-wide side effect: the first `pull`/`push` sets libgit2's global
-//! socket timeouts (connect 30 s, read/write 60 s; see `net`).
+//! Process-wide side effect: libgit2's `http`/`https` transports are
+//! replaced by this crate's ([`install_transport`], run at worker start and
+//! again, as a no-op, by every run; see `transport`).
 
 mod error;
 mod net;
 mod pull;
 mod push;
 mod repo;
+mod transport;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -24,6 +26,9 @@ use std::time::{Duration, Instant};
 use depot_domain::{RefMatcher, RefStat};
 
 pub use error::SyncError;
+pub use transport::{
+    DEFAULT_MAX_ADVERTISEMENT_BYTES, Net, Transfer, USER_AGENT, install as install_transport,
+};
 
 /// How to authenticate to the upstream; handed to libgit2 only through its
 /// credential callback.
@@ -84,6 +89,9 @@ pub struct RunSpec<'a> {
     /// every later run with `lock_contention`. The worker passes half its
     /// lease (see `repo::clear_stale_locks`); `None` leaves them.
     pub stale_lock_age: Option<Duration>,
+    /// Pinned addresses, stall bound, advertisement cap, proxy, CA roots,
+    /// and the run's traffic counters.
+    pub net: &'a Net,
 }
 
 /// upstream -> hosted. One entry per matched upstream ref, unsorted.

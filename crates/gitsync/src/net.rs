@@ -1,10 +1,12 @@
 //! Everything that talks to the upstream: callbacks (credentials, deadline,
 //! cancellation, pack cap), option sets, and listing the remote's refs.
+//! The HTTP itself is `transport`'s: a [`Guard`] holds the run's transport
+//! scope, so every libgit2 network call made while it lives goes through
+//! the run's pinned addresses and limits.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Once;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -17,42 +19,8 @@ use git2::{
 use crate::error::{
     AUTHENTICATION_FAILED, INVALID_URL, PACK_TOO_LARGE, SyncError, TIMEOUT, classify,
 };
+use crate::transport::Scope;
 use crate::{Credentials, RunSpec};
-
-/// libgit2's socket connect timeout. Without it a black-holed upstream keeps
-/// a blocking worker thread in `connect()` for the kernel's default (minutes),
-/// out of reach of the run's deadline, which only callbacks can enforce.
-pub(crate) const CONNECT_TIMEOUT_MS: i32 = 30_000;
-/// libgit2's per-read/write socket timeout: a stalled upstream otherwise
-/// blocks in `recv()` forever. Generous because a server may legitimately
-/// think for a while before the first pack byte (it normally sends sideband
-/// keep-alives meanwhile).
-pub(crate) const IO_TIMEOUT_MS: i32 = 60_000;
-
-/// Set libgit2's process-global socket timeouts, once, before this crate's
-/// first network operation.
-#[allow(unsafe_code)]
-pub(crate) fn init_timeouts() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: these write two plain C ints that libgit2 reads only when it
-        // opens a socket stream. git2 marks the setters unsafe because the
-        // write is unsynchronised. Every network operation of this process
-        // goes through this crate, and each one first passes this `Once`,
-        // which orders the write before all of them; no other thread reads
-        // the values concurrently with the write.
-        unsafe {
-            if let Err(e) =
-                git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS)
-            {
-                tracing::warn!(error = %e.message(), "could not set libgit2 connect timeout");
-            }
-            if let Err(e) = git2::opts::set_server_timeout_in_milliseconds(IO_TIMEOUT_MS) {
-                tracing::warn!(error = %e.message(), "could not set libgit2 socket timeout");
-            }
-        }
-    });
-}
 
 /// Refuse anything but plain http(s) URLs without userinfo. The caller has
 /// applied the upstream policy already; this keeps libgit2 away from
@@ -96,6 +64,9 @@ pub(crate) struct Guard<'a> {
     credentials: Option<&'a Credentials>,
     max_pack_bytes: Option<u64>,
     aborted: Cell<Option<Abort>>,
+    /// The run's transport state on this thread; an error if it could not
+    /// be set up (reported by the first `check`).
+    scope: Result<Scope, SyncError>,
 }
 
 impl<'a> Guard<'a> {
@@ -106,6 +77,7 @@ impl<'a> Guard<'a> {
             credentials: spec.credentials,
             max_pack_bytes: spec.max_pack_bytes,
             aborted: Cell::new(None),
+            scope: Scope::enter(spec),
         }
     }
 
@@ -121,6 +93,9 @@ impl<'a> Guard<'a> {
 
     /// Between steps: stop if cancelled or past the deadline.
     pub(crate) fn check(&self) -> Result<(), SyncError> {
+        if let Err(e) = &self.scope {
+            return Err(e.clone());
+        }
         match self.pending() {
             Some(a) => Err(a.into()),
             None => Ok(()),
@@ -148,11 +123,18 @@ impl<'a> Guard<'a> {
     }
 
     /// The error to report for a failed libgit2 network call: our own abort
-    /// reason if a callback stopped it; cancellation or the deadline if they
-    /// hit meanwhile (whatever libgit2 then said is a consequence); else the
-    /// classified libgit2 error.
+    /// reason if a callback stopped it; else the transport's recorded
+    /// failure (its limits know better than libgit2's echo of them);
+    /// cancellation or the deadline if they hit meanwhile (whatever libgit2
+    /// then said is a consequence); else the classified libgit2 error.
     pub(crate) fn error_from(&self, err: &git2::Error) -> SyncError {
-        if let Some(a) = self.aborted.get().or_else(|| self.pending()) {
+        if let Some(a) = self.aborted.get() {
+            return a.into();
+        }
+        if let Some(e) = self.scope.as_ref().ok().and_then(Scope::failure) {
+            return e;
+        }
+        if let Some(a) = self.pending() {
             return a.into();
         }
         classify(err)
@@ -346,6 +328,7 @@ mod tests {
             max_refs: None,
             default_branch: None,
             stale_lock_age: None,
+            net: &crate::Net::pinned(vec![]),
         };
         let g = Guard::new(&spec);
         assert_eq!(g.check(), Err(SyncError::Transient("timeout".into())));

@@ -6,7 +6,7 @@ use git2::{ErrorCode, ObjectType, Odb, Oid, Repository};
 
 use crate::RunSpec;
 use crate::error::{CONCURRENT_UPDATE, REPOSITORY_ERROR, SyncError, classify};
-use crate::net::{Guard, check_url, init_timeouts, is_valid_ref_name, list_remote, open_existing};
+use crate::net::{Guard, check_url, is_valid_ref_name, list_remote, open_existing};
 
 const REFLOG_MSG: &str = "depot-sync: pull";
 
@@ -36,7 +36,6 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     // quarantine refs behind.
     crate::repo::clear_all_quarantines(&repo);
     let quarantine = Quarantine::new(&repo, spec.sync_id);
-    init_timeouts();
 
     // Both option sets outlive `remote`: libgit2 keeps pointers to their
     // callbacks in the connected transport.

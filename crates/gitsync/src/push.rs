@@ -10,9 +10,7 @@ use git2::{ErrorClass, ErrorCode, Oid, PushOptions, ReferenceType, RemoteRedirec
 
 use crate::RunSpec;
 use crate::error::{SyncError, classify};
-use crate::net::{
-    Abort, Guard, check_url, init_timeouts, is_valid_ref_name, list_remote, open_existing,
-};
+use crate::net::{Abort, Guard, check_url, is_valid_ref_name, list_remote, open_existing};
 use crate::pull::is_commit;
 
 /// Longest remote refusal message kept in a reason.
@@ -43,7 +41,6 @@ pub(crate) fn push(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
         return Ok(Vec::new());
     }
     crate::check_ref_count(spec, locals.len())?;
-    init_timeouts();
 
     let advertised = {
         let mut opts = guard.fetch_options();

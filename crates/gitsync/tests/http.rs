@@ -23,6 +23,8 @@ struct Env {
     /// Our hosted repository (absent until a pull or `init_bare`).
     hosted: PathBuf,
     url: String,
+    /// Every test server listens on 127.0.0.1.
+    net: depot_gitsync::Net,
 }
 
 fn env_with(auth: Option<(&str, &str)>) -> Env {
@@ -46,6 +48,7 @@ fn env_with(auth: Option<(&str, &str)>) -> Env {
         upstream,
         hosted,
         url,
+        net: depot_gitsync::Net::pinned(vec![std::net::Ipv4Addr::LOCALHOST.into()]),
     }
 }
 
@@ -79,6 +82,7 @@ fn spec<'a>(e: &'a Env, matcher: &'a RefMatcher) -> RunSpec<'a> {
         max_refs: None,
         default_branch: None,
         stale_lock_age: None,
+        net: &e.net,
     }
 }
 

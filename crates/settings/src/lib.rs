@@ -59,6 +59,8 @@ allow_private_networks = false
 timeout_seconds = 600
 max_pack_bytes = 2147483648
 max_refs = 100000
+max_advertisement_bytes = 67108864
+stall_timeout_seconds = 60
 
 [secrets]
 
@@ -179,6 +181,17 @@ pub struct Upstream {
     pub max_pack_bytes: u64,
     /// Most refs one run may match (each is listed in the sync's stats).
     pub max_refs: usize,
+    /// Cap on one ref advertisement received from an upstream.
+    pub max_advertisement_bytes: u64,
+    /// A transfer that moves no byte for this long fails with `timeout`.
+    pub stall_timeout_seconds: u64,
+    /// `http://host:port` of an HTTP CONNECT proxy for all upstream traffic.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// PEM bundle of the CAs trusted for https upstreams, instead of the
+    /// system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -269,6 +282,25 @@ impl Settings {
         positive(self.worker.lease_seconds, "worker.lease_seconds")?;
         positive(self.upstream.timeout_seconds, "upstream.timeout_seconds")?;
         positive(self.upstream.max_refs as u64, "upstream.max_refs")?;
+        positive(
+            self.upstream.max_advertisement_bytes,
+            "upstream.max_advertisement_bytes",
+        )?;
+        positive(
+            self.upstream.stall_timeout_seconds,
+            "upstream.stall_timeout_seconds",
+        )?;
+        if let Some(proxy) = &self.upstream.proxy {
+            check_url(&Secret::new(proxy.clone()), "upstream.proxy", &["http"])?;
+        }
+        if let Some(ca) = &self.upstream.ca_file
+            && !ca.is_file()
+        {
+            return Err(SettingsError::key(
+                "upstream.ca_file",
+                format!("{} is not a readable file", ca.display()),
+            ));
+        }
         positive(self.gateway.max_body_bytes as u64, "gateway.max_body_bytes")?;
         positive(self.amqp.delivery_limit.into(), "amqp.delivery_limit")?;
         if self.worker.retry_max_ms < self.worker.retry_base_ms {

@@ -5,6 +5,8 @@
 //! system configuration so results do not depend on the developer's machine.
 
 pub mod fixture;
+pub mod hostile;
 mod server;
 
+pub use hostile::{ConnectProxy, Hostile, SeenRequest};
 pub use server::{GitHttpServer, GitServerOptions};

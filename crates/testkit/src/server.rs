@@ -23,6 +23,11 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::ChildStdout;
 
+use crate::hostile::{Hostile, SeenRequest};
+
+/// nginx's default, typical of git hosting front ends (actix's own is 5 s).
+const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(75);
+
 /// Largest request body accepted; pushes in tests are tens of MB at most.
 const MAX_BODY: usize = 1 << 30;
 /// CGI response headers larger than this mean http-backend misbehaved.
@@ -53,6 +58,10 @@ struct State {
     requests: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    /// See `hostile`.
+    hostile: std::sync::Mutex<Option<Hostile>>,
+    seen: std::sync::Mutex<Vec<SeenRequest>>,
+    connections: Arc<AtomicU64>,
 }
 
 /// A running server; dropping it stops the server, aborts in-flight requests
@@ -78,6 +87,16 @@ impl GitHttpServer {
     /// runtime. Returns once the socket is bound (connections made from then
     /// on queue until accepted), so no waiting is needed before use.
     pub fn start(opts: GitServerOptions) -> Result<GitHttpServer> {
+        Self::start_with_keep_alive(opts, DEFAULT_KEEP_ALIVE)
+    }
+
+    /// As [`GitHttpServer::start`], closing idle keep-alive connections
+    /// after `keep_alive` (a server that drops connections a client still
+    /// holds in its pool).
+    pub fn start_with_keep_alive(
+        opts: GitServerOptions,
+        keep_alive: Duration,
+    ) -> Result<GitHttpServer> {
         let root = std::path::absolute(&opts.root)
             .with_context(|| format!("resolving {}", opts.root.display()))?;
         let listen = opts
@@ -95,7 +114,11 @@ impl GitHttpServer {
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            hostile: std::sync::Mutex::new(None),
+            seen: std::sync::Mutex::new(Vec::new()),
+            connections: Arc::new(AtomicU64::new(0)),
         });
+        let connections = Arc::clone(&state.connections);
         let data = web::Data::from(Arc::clone(&state));
 
         let (tx, rx) = std::sync::mpsc::channel();
@@ -109,11 +132,10 @@ impl GitHttpServer {
                             .default_service(web::to(handle))
                     })
                     .workers(2)
-                    // nginx's default, typical of git hosting front ends;
-                    // actix's own 5 s closes connections that libgit2
-                    // still reuses after a long local step (it does not
-                    // reconnect), which real servers rarely do.
-                    .keep_alive(std::time::Duration::from_secs(75))
+                    .on_connect(move |_, _| {
+                        connections.fetch_add(1, Ordering::SeqCst);
+                    })
+                    .keep_alive(keep_alive)
                     // Signals belong to the embedding test or binary.
                     .disable_signals()
                     .shutdown_timeout(0)
@@ -195,6 +217,28 @@ impl GitHttpServer {
         self.state.max_in_flight.load(Ordering::SeqCst)
     }
 
+    /// Switch a hostile mode on (`Some`) or off for requests arriving from
+    /// now on.
+    pub fn set_hostile(&self, mode: Option<Hostile>) {
+        if let Ok(mut h) = self.state.hostile.lock() {
+            *h = mode;
+        }
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connection_count(&self) -> u64 {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn seen_requests(&self) -> Vec<SeenRequest> {
+        self.state
+            .seen
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
     /// HTTP requests served so far, including faulted and 401 ones.
     pub fn request_count(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)
@@ -232,6 +276,15 @@ async fn handle(req: HttpRequest, payload: web::Payload, state: web::Data<State>
     let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let _leaving = InFlight(&state.in_flight);
+    if let Ok(mut seen) = state.seen.lock() {
+        seen.push(crate::hostile::seen(&req));
+    }
+    let hostile = state.hostile.lock().ok().and_then(|h| h.clone());
+    if let Some(mode) = hostile
+        && let Some(resp) = crate::hostile::respond(&mode, &req).await
+    {
+        return resp;
+    }
 
     let delay = state.delay_ms.load(Ordering::SeqCst);
     if delay != 0 {

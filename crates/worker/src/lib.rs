@@ -49,6 +49,8 @@ impl Ctx {
 /// running syncs `worker.grace_seconds` to finish, release the rest, and
 /// return.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Before any run: libgit2's http(s) must be ours from the first sync on.
+    depot_gitsync::install_transport();
     let key = settings.credential_key()?;
     let previous_keys = settings.previous_credential_keys()?;
     std::fs::create_dir_all(&settings.storage.root)

@@ -33,6 +33,9 @@ pub(crate) struct WorkerMetrics {
     queue_lag: HistogramVec,
     relay_publishes: IntCounterVec,
     lease_expirations: IntCounterVec,
+    upstream_bytes: IntCounterVec,
+    upstream_connections: IntCounterVec,
+    run_bytes: HistogramVec,
     outbox_backlog: IntGauge,
     queue_messages: IntGaugeVec,
     dependency_up: IntGaugeVec,
@@ -46,6 +49,22 @@ pub(crate) fn metrics() -> &'static WorkerMetrics {
 
 const DURATION_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1500.0,
+];
+
+/// 1 KiB to 4 GiB, by powers of 4.
+const BYTE_BUCKETS: &[f64] = &[
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+    1073741824.0,
+    4294967296.0,
 ];
 
 #[allow(clippy::expect_used)] // fixed, valid metric definitions
@@ -146,6 +165,33 @@ impl WorkerMetrics {
                 "Runs whose lease ran out (worker died or hung), by what the sweeper did: requeued or failed.",
                 &["result"],
             ),
+            upstream_bytes: counter(
+                &r,
+                "depot_upstream_bytes_total",
+                "HTTP body bytes exchanged with upstreams, by run direction and flow (in = received, out = sent).",
+                &["direction", "flow"],
+            ),
+            upstream_connections: counter(
+                &r,
+                "depot_upstream_connections_total",
+                "TCP connections opened to upstreams (or CONNECT tunnels through upstream.proxy), by run direction.",
+                &["direction"],
+            ),
+            run_bytes: {
+                #[allow(clippy::expect_used)]
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "depot_upstream_run_bytes",
+                        "HTTP body bytes one run exchanged with its upstream, by direction and flow.",
+                    )
+                    .buckets(BYTE_BUCKETS.to_vec()),
+                    &["direction", "flow"],
+                )
+                .expect("metric definition");
+                #[allow(clippy::expect_used)]
+                r.register(Box::new(h.clone())).expect("register");
+                h
+            },
             outbox_backlog,
             queue_messages,
             dependency_up,
@@ -218,6 +264,21 @@ pub(crate) fn run_ended(
                 .inc();
         }
     }
+}
+
+/// What one run's transport moved, whatever the run's result.
+pub(crate) fn transferred(direction: Direction, t: &depot_gitsync::Transfer) {
+    let m = metrics();
+    let d = direction.as_str();
+    for (flow, bytes) in [("in", t.bytes_in()), ("out", t.bytes_out())] {
+        m.upstream_bytes.with_label_values(&[d, flow]).inc_by(bytes);
+        m.run_bytes
+            .with_label_values(&[d, flow])
+            .observe(bytes as f64);
+    }
+    m.upstream_connections
+        .with_label_values(&[d])
+        .inc_by(t.connections());
 }
 
 /// The relay published (or failed to publish) a job. `source`: outbox,

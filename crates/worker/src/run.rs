@@ -458,14 +458,20 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
     let span = tracing::Span::current();
     let joined = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
-        if let Err(error) = upstream::check_url(&upstream.url, &policy) {
+        let addrs = match upstream::vet(&upstream.url, &policy, &upstream::SystemResolver) {
+            Ok(addrs) => addrs,
             // DNS may be down for a moment; a refused URL stays refused.
-            return if error == upstream::UNRESOLVABLE {
-                RunOutcome::Retry { error }
-            } else {
-                RunOutcome::Failed { error, stats: None }
-            };
-        }
+            Err(error) if error == upstream::UNRESOLVABLE => return RunOutcome::Retry { error },
+            Err(error) => return RunOutcome::Failed { error, stats: None },
+        };
+        let net = depot_gitsync::Net {
+            addrs,
+            stall_timeout: Duration::from_secs(policy.stall_timeout_seconds),
+            max_advertisement_bytes: policy.max_advertisement_bytes,
+            proxy: policy.proxy.clone(),
+            ca_file: policy.ca_file.clone(),
+            transfer: Default::default(),
+        };
         let spec = RunSpec {
             repo_path: &repo_path,
             url: &upstream.url,
@@ -478,11 +484,13 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
             max_refs: Some(max_refs),
             default_branch: Some(&default_branch),
             stale_lock_age: Some(stale_lock_age),
+            net: &net,
         };
         let result = match direction {
             Direction::Pull => depot_gitsync::pull(&spec),
             Direction::Push => depot_gitsync::push(&spec),
         };
+        crate::metrics::transferred(direction, &net.transfer);
         match result {
             Ok(refs) => {
                 let head = match direction {

@@ -1,35 +1,59 @@
 //! The upstream as a run sees it: the URL re-checked against the current
 //! policy (it may have changed since the URL was stored, and DNS may now
 //! answer differently), and the credential decrypted for libgit2.
+//!
+//! The host is resolved here once per run, and the addresses that passed
+//! the policy are the only ones the run's transport connects to
+//! (`depot_gitsync::Net::addrs`): there is no second lookup for a DNS
+//! answer to change between check and connect.
 
 use depot_domain::policy::{Target, check_addresses, check_syntax, target};
 use depot_gitsync::Credentials;
 use depot_secrets::{Credential, KeyRing};
 use depot_settings::Upstream as Policy;
 use depot_store::repos::Upstream;
-use std::net::ToSocketAddrs;
+use std::net::{IpAddr, ToSocketAddrs};
 
 /// The host did not resolve: the only error here worth retrying.
 pub(crate) const UNRESOLVABLE: &str = "upstream_unresolvable";
 
-/// Errors here are permanent (retrying will not make a refused URL allowed),
-/// except [`UNRESOLVABLE`].
-pub(crate) fn check_url(url: &str, policy: &Policy) -> Result<(), String> {
+/// Name resolution, injectable so tests can play a rebinding DNS.
+pub(crate) trait Resolve {
+    fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>>;
+}
+
+/// The system's resolver.
+pub(crate) struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>> {
+        Ok((host, port).to_socket_addrs()?.map(|a| a.ip()).collect())
+    }
+}
+
+/// Check the URL against the policy and return the addresses the run may
+/// connect to. Errors here are permanent (retrying will not make a refused
+/// URL allowed), except [`UNRESOLVABLE`].
+pub(crate) fn vet(
+    url: &str,
+    policy: &Policy,
+    resolver: &dyn Resolve,
+) -> Result<Vec<IpAddr>, String> {
     let parsed =
         check_syntax(url, &policy.allowed_schemes).map_err(|e| format!("upstream_refused: {e}"))?;
-    if policy.allow_private_networks {
-        return Ok(());
-    }
     let addrs = match target(&parsed) {
         Target::Literal(ip) => vec![ip],
-        Target::Resolve(host, port) => (host.as_str(), port)
-            .to_socket_addrs()
-            .map_err(|_| UNRESOLVABLE.to_string())?
-            .map(|a| a.ip())
-            .collect(),
+        Target::Resolve(host, port) => resolver
+            .resolve(&host, port)
+            .map_err(|_| UNRESOLVABLE.to_string())?,
     };
-    check_addresses(&addrs).map_err(|e| format!("upstream_refused: {e}"))?;
-    Ok(())
+    if addrs.is_empty() {
+        return Err(UNRESOLVABLE.to_string());
+    }
+    if !policy.allow_private_networks {
+        check_addresses(&addrs).map_err(|e| format!("upstream_refused: {e}"))?;
+    }
+    Ok(addrs)
 }
 
 pub(crate) fn credentials(
@@ -55,4 +79,42 @@ pub(crate) fn credentials(
             Credentials::UsernamePassword { username, password }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Answers a public address first, loopback after: a rebinding DNS.
+    struct Rebinding(AtomicUsize);
+
+    impl Resolve for Rebinding {
+        fn resolve(&self, _host: &str, _port: u16) -> std::io::Result<Vec<IpAddr>> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![if n == 0 {
+                "93.184.215.14".parse().unwrap()
+            } else {
+                "127.0.0.1".parse().unwrap()
+            }])
+        }
+    }
+
+    fn policy() -> Policy {
+        depot_settings::Settings::load_from(None, std::collections::HashMap::new())
+            .unwrap()
+            .upstream
+    }
+
+    #[test]
+    fn vetting_resolves_once_and_pins_what_passed() {
+        let dns = Rebinding(AtomicUsize::new(0));
+        let addrs = vet("https://git.example.com/o/r.git", &policy(), &dns).unwrap();
+        assert_eq!(addrs, vec!["93.184.215.14".parse::<IpAddr>().unwrap()]);
+        assert_eq!(dns.0.load(Ordering::SeqCst), 1);
+        // The next run asks again, and the rebound answer is refused.
+        let again = vet("https://git.example.com/o/r.git", &policy(), &dns);
+        assert!(again.unwrap_err().starts_with("upstream_refused"));
+    }
 }

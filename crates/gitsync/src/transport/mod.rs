@@ -1,0 +1,322 @@
+//! Our own smart-HTTP subtransport for libgit2: libgit2 keeps the git
+//! protocol and the pack logic, this module owns every byte of HTTP.
+//!
+//! Invariants:
+//! - **One resolution, pinned.** The transport never resolves the upstream's
+//!   host. It connects only to [`Net::addrs`], the addresses the caller's
+//!   URL policy vetted; TLS still verifies the URL's host name (SNI and
+//!   certificate), and a `CONNECT` proxy is asked for the pinned address,
+//!   not the name (the policy applies to the target, not to the proxy).
+//! - **Per-run state through a thread-local scope.** git2's registration is
+//!   process-global, but libgit2 creates and drives a transport on the
+//!   thread that called `fetch`/`push`/`download`. Each run enters a
+//!   [`Scope`] (held by `net::Guard`) before its first network call and
+//!   leaves it when the run ends; the factory takes the run's state from the
+//!   calling thread's scope. A transport requested outside any scope fails
+//!   (`transport_unscoped`): no connection is ever made without a run's
+//!   pinned addresses and limits.
+//! - **Bounded time.** Every request carries the run's remaining time as
+//!   ureq's global timeout (connect, send, headers and body together) and
+//!   the stall bound as its per-read and per-write timeout.
+//! - **Bounded bytes.** Advertisements (and push reports) beyond
+//!   [`Net::max_advertisement_bytes`], and fetch responses beyond the run's
+//!   pack cap, fail the run as soon as the cap is crossed; nothing here
+//!   buffers a body beyond one chunk.
+//! - **No redirects, credentials for the run's origin only**, at most once
+//!   per request (see `http`).
+//! - **Errors are stable codes.** A failure is recorded in the run's scope
+//!   as a [`SyncError`] built from fixed strings, and libgit2 is handed an
+//!   I/O error whose message is `depot-transport: <code>`; `net::Guard`
+//!   reports the recorded error, `error::classify` maps the message.
+//!
+//! Why ureq 3: it is blocking (libgit2 calls us on its own thread, with no
+//! async runtime to borrow), streams request and response bodies through
+//! `Read`, takes a custom resolver (pinning without touching DNS), has
+//! global, per-read and per-write timeouts, does HTTP `CONNECT` proxies
+//! with `resolve_target`, probes pooled connections before reusing them,
+//! and builds on native-tls, i.e. the OpenSSL libgit2 already links.
+//! reqwest's blocking client would bring a hidden tokio runtime per client
+//! and has no per-read stall bound.
+
+mod http;
+mod register;
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::SyncError;
+use crate::{Credentials, RunSpec};
+
+pub use register::install;
+
+/// `User-Agent` of every request. Some hosts key protocol behaviour on the
+/// `git/` prefix (as they see it from git itself).
+pub const USER_AGENT: &str = concat!("git/2.0 (depot-sync/", env!("CARGO_PKG_VERSION"), ")");
+
+/// Prefix of the I/O error messages libgit2 receives from the transport.
+pub(crate) const ERROR_PREFIX: &str = "depot-transport: ";
+
+/// Codes the transport reports that are not worth retrying.
+const PERMANENT: &[&str] = &[
+    "advertisement_too_large",
+    "pack_too_large",
+    "redirect_refused",
+    "authentication_failed",
+    "certificate_invalid",
+    "invalid_upstream_response",
+    "upstream_not_found",
+    "upstream_refused",
+    "transport_unscoped",
+    "transport_unavailable",
+    "invalid_url",
+    "proxy_invalid",
+    "ca_file_invalid",
+];
+
+/// A code from the transport as the run's error.
+pub(crate) fn code_error(code: &str) -> SyncError {
+    let permanent = PERMANENT.contains(&code)
+        || code.starts_with("upstream_error:")
+        || code.starts_with("proxy_error:");
+    if permanent {
+        SyncError::Permanent(code.to_owned())
+    } else {
+        SyncError::Transient(code.to_owned())
+    }
+}
+
+/// What a run's network traffic may do, besides the deadline and the pack
+/// cap of [`RunSpec`].
+#[derive(Debug, Clone)]
+pub struct Net {
+    /// The addresses the URL policy vetted for the URL's host; the only ones
+    /// ever connected to (tried in order, at the URL's port). Empty: every
+    /// request fails with `upstream_refused`.
+    pub addrs: Vec<IpAddr>,
+    /// A read or write that moves no byte for this long fails the run with
+    /// `timeout`.
+    pub stall_timeout: Duration,
+    /// Cap on one ref advertisement (and on a push's status report).
+    pub max_advertisement_bytes: u64,
+    /// `http://host:port` of an HTTP `CONNECT` proxy, if any.
+    pub proxy: Option<String>,
+    /// PEM file of the CA certificates trusted for https upstreams instead
+    /// of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Counters of this run's traffic, filled while it runs.
+    pub transfer: Arc<Transfer>,
+}
+
+impl Net {
+    /// Defaults (the settings' defaults) around vetted addresses.
+    pub fn pinned(addrs: Vec<IpAddr>) -> Net {
+        Net {
+            addrs,
+            stall_timeout: Duration::from_secs(60),
+            max_advertisement_bytes: DEFAULT_MAX_ADVERTISEMENT_BYTES,
+            proxy: None,
+            ca_file: None,
+            transfer: Arc::default(),
+        }
+    }
+}
+
+/// 64 MiB: a 100,000-ref advertisement is about 10 MB.
+pub const DEFAULT_MAX_ADVERTISEMENT_BYTES: u64 = 64 << 20;
+
+/// One run's traffic. Bytes are HTTP body bytes (what libgit2 reads and
+/// writes); connections are TCP connections opened to the upstream (or to
+/// the proxy, for a tunnel).
+#[derive(Debug, Default)]
+pub struct Transfer {
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    connections: AtomicU64,
+    requests: AtomicU64,
+    body_writes: AtomicU64,
+}
+
+impl Transfer {
+    /// Response body bytes received.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+    /// Request body bytes sent.
+    pub fn bytes_out(&self) -> u64 {
+        self.bytes_out.load(Ordering::Relaxed)
+    }
+    /// TCP connections opened.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+    /// HTTP requests sent (retries included).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+    /// Chunks handed to the HTTP client for request bodies: with
+    /// `bytes_out`, shows that bodies go out in large writes.
+    pub fn body_writes(&self) -> u64 {
+        self.body_writes.load(Ordering::Relaxed)
+    }
+}
+
+/// The run's origin: requests to anything else are refused, and the
+/// credential is only ever sent here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    pub(crate) fn of(url: &url::Url) -> Option<Origin> {
+        Some(Origin {
+            scheme: url.scheme().to_owned(),
+            host: url.host_str()?.to_owned(),
+            port: url.port_or_known_default()?,
+        })
+    }
+}
+
+/// Everything the transport needs to know about the run it serves.
+pub(crate) struct RunCtx {
+    origin: Origin,
+    deadline: Instant,
+    max_advertisement: u64,
+    max_pack: Option<u64>,
+    /// (user, password) for HTTP Basic.
+    credential: Option<(String, String)>,
+    /// Set once the origin asked for authentication: later requests send the
+    /// credential up front (git does the same), so a streamed body is not
+    /// sent twice.
+    send_credential: AtomicBool,
+    agent: ureq::Agent,
+    transfer: Arc<Transfer>,
+    failure: Mutex<Option<SyncError>>,
+}
+
+impl RunCtx {
+    fn new(spec: &RunSpec<'_>) -> Result<RunCtx, SyncError> {
+        let url = url::Url::parse(spec.url).map_err(|_| SyncError::permanent("invalid_url"))?;
+        let origin = Origin::of(&url).ok_or_else(|| SyncError::permanent("invalid_url"))?;
+        let agent = http::agent(spec.net, &origin)?;
+        Ok(RunCtx {
+            origin,
+            deadline: spec.deadline,
+            max_advertisement: spec.net.max_advertisement_bytes,
+            max_pack: spec.max_pack_bytes,
+            credential: spec.credentials.map(basic_pair),
+            send_credential: AtomicBool::new(false),
+            agent,
+            transfer: Arc::clone(&spec.net.transfer),
+            failure: Mutex::new(None),
+        })
+    }
+
+    /// Record why the transport failed (the first reason wins) and build
+    /// the error libgit2 gets.
+    pub(crate) fn fail(&self, err: SyncError) -> std::io::Error {
+        let code = err.to_string();
+        if let Ok(mut slot) = self.failure.lock()
+            && slot.is_none()
+        {
+            *slot = Some(err);
+        }
+        std::io::Error::other(format!("{ERROR_PREFIX}{code}"))
+    }
+
+    pub(crate) fn failure(&self) -> Option<SyncError> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+}
+
+fn basic_pair(c: &Credentials) -> (String, String) {
+    match c {
+        Credentials::Token { token, username } => (
+            username
+                .clone()
+                .unwrap_or_else(|| crate::net::DEFAULT_TOKEN_USERNAME.to_owned()),
+            token.clone(),
+        ),
+        Credentials::UsernamePassword { username, password } => {
+            (username.clone(), password.clone())
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<RunCtx>>> = const { RefCell::new(None) };
+}
+
+/// The run's transport state, installed on this thread while it lives.
+pub(crate) struct Scope {
+    ctx: Arc<RunCtx>,
+    previous: Option<Arc<RunCtx>>,
+}
+
+impl Scope {
+    pub(crate) fn enter(spec: &RunSpec<'_>) -> Result<Scope, SyncError> {
+        register::install();
+        if !register::installed() {
+            // libgit2's own transport would serve the run: refuse instead.
+            return Err(SyncError::permanent("transport_unavailable"));
+        }
+        let ctx = Arc::new(RunCtx::new(spec)?);
+        let previous = CURRENT.with(|c| c.replace(Some(Arc::clone(&ctx))));
+        Ok(Scope { ctx, previous })
+    }
+
+    pub(crate) fn failure(&self) -> Option<SyncError> {
+        self.ctx.failure()
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        CURRENT.with(|c| *c.borrow_mut() = previous);
+    }
+}
+
+/// The factory's view: the calling thread's run, if any.
+fn current() -> Option<Arc<RunCtx>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_agent_has_the_git_prefix() {
+        assert!(USER_AGENT.starts_with("git/2.0 (depot-sync/"));
+        assert!(USER_AGENT.ends_with(')'));
+    }
+
+    #[test]
+    fn codes_keep_their_class() {
+        assert_eq!(
+            code_error("advertisement_too_large"),
+            SyncError::Permanent("advertisement_too_large".into())
+        );
+        assert_eq!(
+            code_error("timeout"),
+            SyncError::Transient("timeout".into())
+        );
+        assert_eq!(
+            code_error("upstream_error: http 418"),
+            SyncError::Permanent("upstream_error: http 418".into())
+        );
+    }
+}
