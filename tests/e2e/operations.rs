@@ -341,6 +341,25 @@ async fn metrics_and_probes_on_the_gateway_and_the_worker_admin_port() {
         assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");
     }
     assert!(text.contains("# TYPE depot_sync_run_duration_seconds histogram"));
+    // The transport's traffic of that one pull.
+    assert!(
+        sample(
+            &text,
+            r#"depot_upstream_connections_total{direction="pull"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    for flow in ["in", "out"] {
+        let series = format!(r#"depot_upstream_bytes_total{{direction="pull",flow="{flow}"}}"#);
+        assert!(
+            sample(&text, &series).is_some_and(|n| n > 0.0),
+            "{series}\n{text}"
+        );
+        let per_run =
+            format!(r#"depot_upstream_run_bytes_count{{direction="pull",flow="{flow}"}}"#);
+        assert_eq!(sample(&text, &per_run), Some(1.0), "{per_run}");
+    }
 
     // Probes.
     for url in [

@@ -253,8 +253,17 @@ fn an_endless_advertisement_fails_with_advertisement_too_large() {
 
 #[test]
 fn the_default_advertisement_cap_holds_100000_refs() {
-    // About 100 bytes a ref: 100,000 refs are ~10 MB, well below the cap.
-    assert!(depot_gitsync::DEFAULT_MAX_ADVERTISEMENT_BYTES >= 100_000 * 100 * 4);
+    // A pkt-line per ref, with longish names and their peeled tag lines.
+    let line = format!(
+        "{:04x}{} refs/heads/team-name/feature-branch-name-00000\n",
+        0,
+        "0".repeat(40)
+    );
+    let hundred_thousand_refs = 2 * 100_000 * line.len() as u64;
+    assert!(
+        depot_gitsync::DEFAULT_MAX_ADVERTISEMENT_BYTES > 2 * hundred_thousand_refs,
+        "{hundred_thousand_refs}"
+    );
 }
 
 #[test]
@@ -462,4 +471,33 @@ fn the_run_counts_its_traffic() {
     assert!(t.connections() >= 1);
     assert!(t.connections() <= t.requests());
     assert_eq!(t.connections(), e.server.connection_count());
+}
+
+#[test]
+fn a_reused_connection_dropped_before_its_answer_is_retried_once_fresh() {
+    let e = env();
+    seed(&e);
+    let front = depot_testkit::DroppingFront::start(e.server.addr()).unwrap();
+    let url = format!("http://{}/up.git", front.addr());
+    let net = loopback();
+    // Listing, negotiation and pack each reuse the previous connection,
+    // which the front drops: every one must be resent on a fresh one.
+    let stats = pull(&spec(&e, &url, &net)).unwrap();
+    assert_eq!(stats.len(), 1);
+    assert!(front.dropped() >= 1);
+    assert_eq!(
+        net.transfer.requests(),
+        e.server.request_count() + front.dropped()
+    );
+
+    // A push's body is replayed too.
+    e.work.commit("main", "two").unwrap();
+    ensure_repo(&e.hosted).unwrap();
+    e.work.push_all_to(&e.hosted).unwrap();
+    let net = loopback();
+    let stats = push(&spec(&e, &url, &net)).unwrap();
+    assert!(
+        stats.iter().any(|s| s.outcome == Outcome::Updated),
+        "{stats:?}"
+    );
 }

@@ -240,3 +240,93 @@ async fn tunnel(client: tokio::net::TcpStream, seen: Arc<Mutex<Vec<String>>>) ->
     tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
     Ok(())
 }
+
+/// A front for a [`GitHttpServer`](crate::GitHttpServer) that keeps each
+/// client connection open after its first answer but drops it, unanswered,
+/// the moment a second request arrives on it: the race of a server closing
+/// an idle keep-alive connection just as the client reuses it, on every
+/// reuse. Bytes pass through unchanged otherwise.
+pub struct DroppingFront {
+    addr: SocketAddr,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl DroppingFront {
+    pub fn start(backend: SocketAddr) -> Result<DroppingFront> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("front runtime")?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .context("binding front")?;
+        let addr = listener.local_addr()?;
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = Arc::clone(&dropped);
+        runtime.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    let _ = one_exchange(client, backend, count).await;
+                });
+            }
+        });
+        Ok(DroppingFront {
+            addr,
+            dropped,
+            _runtime: runtime,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests dropped unanswered so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn one_exchange(
+    client: tokio::net::TcpStream,
+    backend: SocketAddr,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let upstream = tokio::net::TcpStream::connect(backend).await?;
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = upstream.into_split();
+    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen_answer = Arc::clone(&answered);
+    let down = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = ur.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            seen_answer.store(true, std::sync::atomic::Ordering::SeqCst);
+            cw.write_all(&buf[..n]).await?;
+        }
+        anyhow::Ok(())
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = cr.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        if answered.load(std::sync::atomic::Ordering::SeqCst) {
+            // A new request on a connection that already had its answer.
+            dropped.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            down.abort();
+            return Ok(());
+        }
+        uw.write_all(&buf[..n]).await?;
+    }
+    let _ = down.await;
+    Ok(())
+}

@@ -8,5 +8,5 @@ pub mod fixture;
 pub mod hostile;
 mod server;
 
-pub use hostile::{ConnectProxy, Hostile, SeenRequest};
+pub use hostile::{ConnectProxy, DroppingFront, Hostile, SeenRequest};
 pub use server::{GitHttpServer, GitServerOptions};

@@ -428,6 +428,24 @@ impl Read for Stream {
     }
 }
 
+/// Most bytes read past libgit2's end of an answer to get its connection
+/// back into the pool (usually just the chunked terminator).
+const MAX_DRAIN: u64 = 64 * 1024;
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // libgit2 stops reading at its own end marker (a flush packet),
+        // before the HTTP body's end; ureq pools a connection only once its
+        // body was read to the end. Finishing that read here keeps the
+        // connection for the run's next request (no new TCP and TLS
+        // handshake per request). Bounded by bytes and by the request's
+        // own timeouts; errors only mean the connection is not reused.
+        if let State::Receiving { reader, .. } = &mut self.state {
+            let _ = io::copy(&mut reader.take(MAX_DRAIN), &mut io::sink());
+        }
+    }
+}
+
 impl Write for Stream {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut upload = match std::mem::replace(&mut self.state, State::Failed) {
