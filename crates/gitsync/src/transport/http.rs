@@ -552,12 +552,13 @@ impl Stream {
 
     fn finish_upload(&self, mut upload: Upload) -> io::Result<Response<Body>> {
         let rest = std::mem::take(&mut upload.buf);
-        if let Some(tx) = upload.chunks.take()
-            && !rest.is_empty()
-        {
+        if let Some(tx) = upload.chunks.take() {
             // A refused send means the request already ended; its answer
-            // below says how.
-            let _ = tx.send(rest);
+            // below says how. The empty chunk marks the body's end.
+            if !rest.is_empty() {
+                let _ = tx.send(rest);
+            }
+            let _ = tx.send(Vec::new());
         }
         let answer = upload.answer.recv();
         if let Some(t) = upload.thread.take() {
@@ -595,6 +596,7 @@ fn post(
         record: Some(Vec::new()),
         recorded: 0,
         replay: None,
+        ended: false,
     };
     let mut credentialed = ctx.send_credential.load(Ordering::Relaxed);
     let mut retried = false;
@@ -644,6 +646,10 @@ struct ReplayBody<'a> {
     recorded: usize,
     /// Replaying `record`: (chunk, offset).
     replay: Option<(usize, usize)>,
+    /// libgit2 finished the body (sent the empty end chunk). A sender
+    /// gone without it abandoned the body (the run failed mid-write): the
+    /// request must fail, not go out truncated.
+    ended: bool,
 }
 
 impl ReplayBody<'_> {
@@ -679,12 +685,16 @@ impl Read for ReplayBody<'_> {
             self.replay = None;
         }
         while self.pos == self.current.len() {
+            if self.ended {
+                return Ok(0);
+            }
             // Waiting on our own side (libgit2 may be building the pack):
             // bounded by the deadline, not by the wire's stall bound.
             let Some(remaining) = self.ctx.remaining() else {
                 return Err(io::ErrorKind::TimedOut.into());
             };
             match self.rx.recv_timeout(remaining) {
+                Ok(chunk) if chunk.is_empty() => self.ended = true,
                 Ok(chunk) => {
                     self.ctx
                         .transfer
@@ -701,7 +711,9 @@ impl Read for ReplayBody<'_> {
                     self.current = chunk;
                     self.pos = 0;
                 }
-                Err(RecvTimeoutError::Disconnected) => return Ok(0),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(io::Error::other("request body abandoned"));
+                }
                 Err(RecvTimeoutError::Timeout) => return Err(io::ErrorKind::TimedOut.into()),
             }
         }
