@@ -639,6 +639,9 @@ async fn sigterm_finishes_a_short_run_and_releases_a_stuck_one_cleanly() {
     up.publish().unwrap();
     up.server.set_delay(Some(Duration::from_secs(120)));
     env.start_worker().unwrap();
+    // Counted before the sync exists: the run may reach the upstream
+    // before `wait_in_progress` returns.
+    let requests = up.server.request_count();
     let sync = post_sync(&env, &key, "mirror", json!({"direction": "pull"}))
         .await
         .unwrap();
@@ -646,7 +649,6 @@ async fn sigterm_finishes_a_short_run_and_releases_a_stuck_one_cleanly() {
     wait_in_progress(&env, &key, "mirror", &second, 1)
         .await
         .unwrap();
-    let requests = up.server.request_count();
     eventually(SYNC_LIMIT, "the run to reach the upstream", || async {
         Ok((up.server.request_count() > requests).then_some(()))
     })
