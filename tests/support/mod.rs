@@ -28,6 +28,8 @@ pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// A fixed test-only credential key (base64 of 32 bytes).
 pub const CREDENTIAL_KEY: &str = "dGVzdC1vbmx5LWNyZWRlbnRpYWwta2V5LTMyYnl0ZXM=";
+/// [`CREDENTIAL_KEY`] decoded.
+pub const CREDENTIAL_KEY_BYTES: &[u8; 32] = b"test-only-credential-key-32bytes";
 
 /// Directory holding the workspace's binaries (target/debug).
 pub fn bin_dir() -> PathBuf {

@@ -45,8 +45,9 @@ pub enum Command {
 pub enum SecretsCommand {
     /// Re-encrypt every stored upstream credential under
     /// `secrets.credential_key`, reading old ones with
-    /// `secrets.previous_credential_keys`. Safe to run while the service
-    /// runs and to run again.
+    /// `secrets.previous_credential_keys`; credentials sealed before origin
+    /// binding are re-sealed bound to the origin of their row's URL. Safe
+    /// to run while the service runs and to run again.
     Rotate,
 }
 
@@ -172,6 +173,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "re-encrypted {} credentials; {} already under the current key; {} changed concurrently (run again)",
                 report.rotated, report.current, report.raced
             );
+            if !report.not_for_their_url.is_empty() {
+                // Not fatal: no key makes these open, so waiting for a
+                // rotation to "finish" them would never end. Their syncs
+                // fail with credential_unreadable until auth is sent again.
+                eprintln!(
+                    "warning: {} credentials do not open for their repository and the origin of its URL \
+                     (altered, or the URL was changed outside the API); left as they are, send their \
+                     upstream.auth again: {}",
+                    report.not_for_their_url.len(),
+                    report.not_for_their_url.join(", ")
+                );
+            }
             if report.unreadable > 0 {
                 bail!(
                     "{} credentials are sealed under a key that is neither current nor previous; \
@@ -197,12 +210,19 @@ pub struct RotationReport {
     pub rotated: u64,
     pub current: u64,
     pub raced: u64,
+    /// Under a key the ring does not hold.
     pub unreadable: u64,
+    /// Repo ids whose credential does not open for the repository and the
+    /// origin of the URL stored beside it.
+    pub not_for_their_url: Vec<String>,
 }
 
 /// Walk every sealed credential and re-seal those not under the current
-/// key. Each row is replaced by compare-and-swap, so a concurrent PATCH is
-/// never overwritten with an older credential.
+/// key or not yet bound to an origin (crates/secrets: the legacy format is
+/// bound to the origin of the URL its row holds now, the only record of
+/// where it was meant to go). Each row is replaced by compare-and-swap on
+/// credential and URL, so a concurrent PATCH is never overwritten with an
+/// older credential or one bound to the old origin.
 pub async fn rotate_credentials(
     client: &impl depot_store::GenericClient,
     ring: &KeyRing,
@@ -211,19 +231,30 @@ pub async fn rotate_credentials(
     let mut after = String::new();
     loop {
         let page = depot_store::credentials::page(client, &after, 200).await?;
-        let Some((last, _)) = page.last() else { break };
-        after = last.clone();
-        for (repo_id, sealed) in page {
-            if !ring.needs_rotation(&sealed) {
+        let Some(last) = page.last() else { break };
+        after = last.repo_id.clone();
+        for row in page {
+            if !ring.needs_rotation(&row.credential) {
                 report.current += 1;
                 continue;
             }
-            let Ok(credential) = ring.open_credential(&sealed, &repo_id) else {
-                report.unreadable += 1;
+            let Some(origin) = depot_domain::policy::origin(&row.url) else {
+                report.not_for_their_url.push(row.repo_id);
                 continue;
             };
-            let resealed = ring.seal_credential(&credential, &repo_id)?;
-            if depot_store::credentials::replace(client, &repo_id, &sealed, &resealed).await? {
+            let credential = match ring.open_credential(&row.credential, &row.repo_id, &origin) {
+                Ok(c) => c,
+                Err(depot_secrets::SecretError::WrongKey) => {
+                    report.unreadable += 1;
+                    continue;
+                }
+                Err(_) => {
+                    report.not_for_their_url.push(row.repo_id);
+                    continue;
+                }
+            };
+            let resealed = ring.seal_credential(&credential, &row.repo_id, &origin)?;
+            if depot_store::credentials::replace(client, &row, &resealed).await? {
                 report.rotated += 1;
             } else {
                 report.raced += 1;

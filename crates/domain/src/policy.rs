@@ -4,7 +4,7 @@
 //! [`is_forbidden_ip`] about every address.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use url::{Host, Url};
+use url::{Host, Origin, Url};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
@@ -62,6 +62,19 @@ pub fn literal_ip(url: &Url) -> Option<IpAddr> {
         Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
         Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
         Host::Domain(_) => None,
+    }
+}
+
+/// The origin a stored credential is bound to: scheme, host and port, the
+/// port always written out so that `https://h/x` and `https://h:443/y` are
+/// one origin. Hosts come normalised by the URL parser (lower case,
+/// punycode, canonical IP spelling). `None` when the URL has no such origin
+/// (unparsable, or a scheme without a host and default port): a credential
+/// can then be bound to nothing and must never be sent.
+pub fn origin(raw: &str) -> Option<String> {
+    match Url::parse(raw).ok()?.origin() {
+        Origin::Tuple(scheme, host, port) => Some(format!("{scheme}://{host}:{port}")),
+        Origin::Opaque(_) => None,
     }
 }
 
@@ -258,6 +271,33 @@ mod tests {
         assert_eq!(target(&url), Target::Resolve("github.com".into(), 8443));
         let url = check_syntax("https://[::1]/r", &https()).unwrap();
         assert_eq!(target(&url), Target::Literal("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn origins_normalise_default_ports_and_ignore_paths() {
+        let o = |raw: &str| origin(raw);
+        assert_eq!(
+            o("https://Git.Example.com/a.git").as_deref(),
+            Some("https://git.example.com:443")
+        );
+        assert_eq!(
+            o("https://git.example.com/a.git"),
+            o("https://git.example.com:443/b/c.git")
+        );
+        assert_eq!(o("http://h/x"), o("http://h:80/y"));
+        assert_ne!(o("https://h/x"), o("https://h:8443/x"));
+        assert_ne!(o("https://h/x"), o("http://h:443/x"));
+        assert_ne!(o("https://h/x"), o("https://h.example/x"));
+        assert_eq!(
+            o("https://[::1]:8443/r").as_deref(),
+            Some("https://[::1]:8443")
+        );
+        assert_eq!(
+            o("https://0x7f000001/r").as_deref(),
+            Some("https://127.0.0.1:443")
+        );
+        assert_eq!(o("ssh://h/r"), None);
+        assert_eq!(o("not a url"), None);
     }
 
     #[test]

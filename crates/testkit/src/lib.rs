@@ -7,4 +7,4 @@
 pub mod fixture;
 mod server;
 
-pub use server::{GitHttpServer, GitServerOptions};
+pub use server::{GitHttpServer, GitServerOptions, basic_auth_header};

@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -53,6 +53,8 @@ struct State {
     requests: AtomicU64,
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    /// Every `Authorization` header received, in arrival order.
+    authorizations: Mutex<Vec<String>>,
 }
 
 /// A running server; dropping it stops the server, aborts in-flight requests
@@ -95,6 +97,7 @@ impl GitHttpServer {
             requests: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
+            authorizations: Mutex::new(Vec::new()),
         });
         let data = web::Data::from(Arc::clone(&state));
 
@@ -195,6 +198,17 @@ impl GitHttpServer {
         self.state.max_in_flight.load(Ordering::SeqCst)
     }
 
+    /// Every `Authorization` header received so far (lossily decoded), in
+    /// arrival order, whatever the server answered: what a credential
+    /// leak to this server would show.
+    pub fn authorization_headers(&self) -> Vec<String> {
+        self.state
+            .authorizations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// HTTP requests served so far, including faulted and 401 ones.
     pub fn request_count(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)
@@ -229,6 +243,13 @@ impl Drop for InFlight<'_> {
 
 async fn handle(req: HttpRequest, payload: web::Payload, state: web::Data<State>) -> HttpResponse {
     state.requests.fetch_add(1, Ordering::SeqCst);
+    for value in req.headers().get_all(header::AUTHORIZATION) {
+        state
+            .authorizations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
     let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let _leaving = InFlight(&state.in_flight);
@@ -291,6 +312,14 @@ async fn read_body(mut payload: web::Payload) -> std::result::Result<Bytes, Http
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// The `Authorization` header value a client sends for `user:password`.
+pub fn basic_auth_header(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }
 
 fn check_basic_auth(req: &HttpRequest, user: &str, password: &str) -> bool {
