@@ -28,6 +28,10 @@ use tracing::Instrument;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// In a request's extensions: its route template is already on the request
+/// span (recorded early by the `/v1` middleware).
+pub struct RouteOnSpan;
+
 /// The API's routes (method, template), as `routes::configure` declares
 /// them; only used to create their series at 0.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -174,23 +178,28 @@ pub async fn observe(
     depot_telemetry::set_parent(&span, &trace_carrier(&req));
     let result = next.call(req).instrument(span.clone()).await;
     let elapsed = started.elapsed();
-    let (status, route) = match &result {
+    let (status, route, route_on_span) = match &result {
         Ok(res) => (
             res.status().as_u16(),
             res.request()
                 .match_pattern()
                 .unwrap_or_else(|| "unmatched".into()),
+            actix_web::HttpMessage::extensions(res.request()).contains::<RouteOnSpan>(),
         ),
         // actix turns the error into a response after us.
         Err(e) => (
             e.as_response_error().status_code().as_u16(),
             "unmatched".to_string(),
+            false,
         ),
     };
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
-    span.record("route", route.as_str());
-    span.record("status", status);
-    span.record("latency_ms", latency_ms);
+    // The route goes on the span before the line, status and latency after
+    // it: the line carries them itself, and a readable log line shows the
+    // span's fields too, so recording them first would print each twice.
+    if !route_on_span {
+        span.record("route", route.as_str());
+    }
     let m = metrics();
     m.http_requests
         .with_label_values(&[method, route.as_str(), status.to_string().as_str()])
@@ -205,6 +214,8 @@ pub async fn observe(
             tracing::info!(status, latency_ms, "request finished");
         }
     });
+    span.record("status", status);
+    span.record("latency_ms", latency_ms);
     result.map(|mut res| {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             res.headers_mut().insert(REQUEST_ID, v);
