@@ -67,6 +67,9 @@ fn rows(rows: Vec<tokio_postgres::Row>) -> Result<Vec<SyncRecord>> {
     rows.iter().map(from_row).collect()
 }
 
+// Made once per POST and matched at once: boxing the record would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Enqueued {
     Created(SyncRecord),
     /// A sync with the same direction and globs is still queued.
