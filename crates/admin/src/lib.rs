@@ -96,11 +96,45 @@ fn check_slug(slug: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which configuration this invocation read, and how to pick another: the
+/// first thing to check when the database is not the expected one (the
+/// built-in default is `depot`; `make run` uses `depot_dev` from
+/// deploy/dev.toml).
+fn configuration_hint(flag: Option<&std::path::Path>) -> String {
+    let env_file = std::env::var_os("DEPOT_CONFIG").filter(|v| !v.is_empty());
+    let file = match (flag, &env_file) {
+        (Some(path), _) => format!("config file {} (--config)", path.display()),
+        (None, Some(path)) => format!(
+            "config file {} (DEPOT_CONFIG)",
+            PathBuf::from(path).display()
+        ),
+        (None, None) => "built-in defaults, no config file".to_string(),
+    };
+    let overridden = std::env::vars().any(|(k, _)| k.starts_with("DEPOT__DATABASE__"));
+    format!(
+        "configuration used: {file}{}; choose one with --config PATH or DEPOT_CONFIG \
+         (the `make run` setup: --config deploy/dev.toml, or `make admin ARGS='...'`)",
+        if overridden {
+            ", with DEPOT__DATABASE__* from the environment"
+        } else {
+            ""
+        }
+    )
+}
+
+/// The error first (what went wrong), the configuration on its own line.
+fn with_hint(e: anyhow::Error, hint: String) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}\n{hint}")
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
+    let hint = || configuration_hint(cli.config.as_deref());
     let url = settings.database.url.expose();
     if let Command::Migrate = cli.command {
-        let applied = depot_store::migrate::run(url).await?;
+        let applied = depot_store::migrate::run(url)
+            .await
+            .map_err(|e| with_hint(anyhow::Error::from(e), hint()))?;
         if applied.is_empty() {
             println!("schema is up to date");
         }
@@ -116,7 +150,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             timeout: Duration::from_millis(settings.database.connect_timeout_ms),
         },
     )?;
-    let client = pool.get().await.context("cannot connect to the database")?;
+    let client = pool
+        .get()
+        .await
+        .context("cannot connect to the database")
+        .map_err(|e| with_hint(e, hint()))?;
     let client = &client;
     match cli.command {
         // Handled above, before a pool is needed.

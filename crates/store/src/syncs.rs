@@ -22,11 +22,18 @@ pub struct SyncRecord {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The error of the latest attempt that failed transiently and was
+    /// retried (`error` itself is only set on `failed`). Kept through later
+    /// attempts and the final status.
+    pub last_attempt_error: Option<String>,
+    /// While queued after a retry: not run before this time.
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 const COLUMNS: &str =
     "s.id, s.repo_id, s.seq, s.direction, s.status, s.attempt, s.branches_glob, s.tags_glob,
-     s.stats, s.error, s.created_at, s.started_at, s.finished_at";
+     s.stats, s.error, s.created_at, s.started_at, s.finished_at, s.last_attempt_error,
+     s.not_before";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<SyncRecord> {
     let direction: &str = row.get("direction");
@@ -51,6 +58,8 @@ fn from_row(row: &tokio_postgres::Row) -> Result<SyncRecord> {
         created_at: row.get("created_at"),
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),
+        last_attempt_error: row.get("last_attempt_error"),
+        not_before: row.get("not_before"),
     })
 }
 
@@ -58,6 +67,9 @@ fn rows(rows: Vec<tokio_postgres::Row>) -> Result<Vec<SyncRecord>> {
     rows.iter().map(from_row).collect()
 }
 
+// Made once per POST and matched at once: boxing the record would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Enqueued {
     Created(SyncRecord),
     /// A sync with the same direction and globs is still queued.
@@ -380,24 +392,47 @@ pub async fn finish(
         == 1)
 }
 
-/// Put a run back to `queued` (transient failure, or shutdown), not to be run
+/// Put a run back to `queued` (shutdown, lost upstream), not to be run
 /// before `delay` from now. The attempt count stays: it counts runs started.
+/// `last_attempt_error` is left as it was: a release is not a failure.
 pub async fn requeue(
     client: &impl GenericClient,
     sync_id: &str,
     attempt: i32,
     delay: Duration,
 ) -> Result<bool> {
+    requeue_with(client, sync_id, attempt, delay, None).await
+}
+
+/// Put a run that failed transiently back to `queued` for its next attempt,
+/// keeping its error visible as `last_attempt_error` while it waits.
+pub async fn retry(
+    client: &impl GenericClient,
+    sync_id: &str,
+    attempt: i32,
+    delay: Duration,
+    error: &str,
+) -> Result<bool> {
+    requeue_with(client, sync_id, attempt, delay, Some(error)).await
+}
+
+async fn requeue_with(
+    client: &impl GenericClient,
+    sync_id: &str,
+    attempt: i32,
+    delay: Duration,
+    error: Option<&str>,
+) -> Result<bool> {
     let stmt = client
         .prepare_cached(
             "UPDATE syncs SET status = 'queued', started_at = NULL, lease_until = NULL,
                     not_before = now() + make_interval(secs => $3), published_at = now(),
-                    updated_at = now()
+                    last_attempt_error = coalesce($4, last_attempt_error), updated_at = now()
              WHERE id = $1 AND attempt = $2 AND status = 'in_progress'",
         )
         .await?;
     Ok(client
-        .execute(&stmt, &[&sync_id, &attempt, &delay.as_secs_f64()])
+        .execute(&stmt, &[&sync_id, &attempt, &delay.as_secs_f64(), &error])
         .await?
         == 1)
 }
@@ -439,6 +474,8 @@ pub async fn sweep_expired_leases(
                  error = CASE WHEN s.attempt >= $1 THEN 'worker_lost: the run stopped reporting progress' END,
                  finished_at = CASE WHEN s.attempt >= $1 THEN now() END,
                  started_at = CASE WHEN s.attempt >= $1 THEN s.started_at END,
+                 last_attempt_error = CASE WHEN s.attempt >= $1 THEN s.last_attempt_error
+                     ELSE 'worker_lost: the run stopped reporting progress' END,
                  lease_until = NULL, not_before = NULL, published_at = now(), updated_at = now()
              FROM expired WHERE s.id = expired.id
              RETURNING s.id, s.repo_id, s.attempt, s.status",

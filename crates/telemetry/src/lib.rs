@@ -3,6 +3,9 @@
 //! W3C trace context travels from the gateway's request through the job
 //! message into the worker's run.
 //!
+//! - Readable lines are coloured only when standard output is a terminal
+//!   (and `NO_COLOR` is unset): a log file (`make run` writes
+//!   `data/logs/*.log`) gets plain text that `grep status=401` finds.
 //! - JSON lines carry `timestamp`, `level`, `target`, the event's fields
 //!   (`message` among them) flattened, and the current span's fields under
 //!   `span` (for a request: `method`, `route`, `status`, `request_id`,
@@ -20,6 +23,7 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -100,6 +104,13 @@ where
         }))
 }
 
+/// Colour escapes only for a person watching a terminal: in a file or a
+/// pipe they are noise that breaks `grep`. `NO_COLOR` (no-color.org) turns
+/// them off on a terminal too.
+fn colour(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Install the global subscriber. `RUST_LOG`, when set, overrides
 /// `telemetry.filter`. Calling it twice (tests) keeps the first subscriber.
 pub fn init(settings: &Telemetry, default_service: &str) -> TelemetryGuard {
@@ -131,7 +142,11 @@ pub fn init(settings: &Telemetry, default_service: &str) -> TelemetryGuard {
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_target(true))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(true)
+                    .with_ansi(colour(std::io::stdout().is_terminal())),
+            )
             .try_init(),
     };
     match (&settings.otlp_endpoint, export_error) {

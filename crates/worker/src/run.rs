@@ -276,7 +276,12 @@ async fn run_claimed(ctx: &Ctx, claimed: Claimed, job: &SyncJob) -> Disposition 
             };
             let requeued = retry_db(|| async {
                 let client = ctx.pool.get().await?;
-                depot_store::syncs::requeue(&client, id, attempt, delay).await
+                match &outcome {
+                    RunOutcome::Retry { error } => {
+                        depot_store::syncs::retry(&client, id, attempt, delay, error).await
+                    }
+                    _ => depot_store::syncs::requeue(&client, id, attempt, delay).await,
+                }
             })
             .await;
             if let Ok(true) = requeued {
