@@ -603,3 +603,47 @@ async fn legacy_credentials_keep_working_and_rotate_binds_them_to_their_origin()
     assert_eq!(listener.server.request_count(), 0);
     env.cleanup().await.unwrap();
 }
+
+/// A rotation meeting a credential that does not open for its row's URL
+/// (edited outside the API) leaves it as it is and still rotates the rest:
+/// no key would ever make it open, so it must not block the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_leaves_a_credential_bound_to_another_origin_alone() {
+    let upstream = Upstream::start("rot-edited").unwrap();
+    let listener = Listener::start();
+    let mut env = TestEnv::start(EnvOptions {
+        workers: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let key = env.org_and_key("acme", "read,write").unwrap();
+    create_mirror(&env, &key, "edited", &upstream).await;
+    create_mirror(&env, &key, "fine", &upstream).await;
+    let (edited_id, _, edited_before) = stored_upstream(&env, "edited").await;
+    let db = env.db().await.unwrap();
+    db.execute(
+        "UPDATE upstreams SET url = $2 WHERE repo_id = $1",
+        &[&edited_id, &listener.url()],
+    )
+    .await
+    .unwrap();
+    let old_key = env.env["DEPOT__SECRETS__CREDENTIAL_KEY"].clone();
+    env.env
+        .insert("DEPOT__SECRETS__CREDENTIAL_KEY".into(), NEW_KEY.into());
+    env.env
+        .insert("DEPOT__SECRETS__PREVIOUS_CREDENTIAL_KEYS".into(), old_key);
+    let out = env.admin(&["secrets", "rotate"]).unwrap();
+    assert!(
+        out.contains("re-encrypted 1 credentials; 0 already under the current key"),
+        "{out}"
+    );
+    assert_eq!(stored_upstream(&env, "edited").await.2, edited_before);
+    let (_, _, fine) = stored_upstream(&env, "fine").await;
+    assert_ne!(
+        fine.unwrap()[1..5],
+        edited_before.unwrap()[1..5],
+        "the other credential is under the new key"
+    );
+    env.cleanup().await.unwrap();
+}
