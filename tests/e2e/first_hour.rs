@@ -584,3 +584,72 @@ async fn make_reset_refuses_while_the_demo_runs() {
     assert!(stderr.contains("make stop"), "{stderr}");
     assert!(run.data.path().join("logs").exists());
 }
+
+#[test]
+fn the_link_check_passes_on_the_docs_and_names_a_dangling_reference() {
+    let script = repo_root().join("scripts/check-links.sh");
+    let ok = Command::new(&script).stdin(Stdio::null()).output().unwrap();
+    assert!(
+        ok.status.success(),
+        "README.md or docs/ name missing files:\n{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("page.md");
+    std::fs::write(
+        &page,
+        "See [the design](DESIGN.md), `docs/api.md` and API.md.\n\
+         ```\nfenced `NOT_CHECKED.md`\n```\n[fine](page.md) and `refs/heads/*`.\n",
+    )
+    .unwrap();
+    let bad = Command::new(&script)
+        .arg(&page)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(
+        out.contains("page.md:1: link to missing file DESIGN.md"),
+        "{out}"
+    );
+    assert!(
+        out.contains("page.md:1: names missing file API.md"),
+        "{out}"
+    );
+    assert!(!out.contains("docs/api.md"), "{out}");
+    assert!(!out.contains("NOT_CHECKED"), "{out}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brace_alternation_in_ref_globs_is_refused_with_commas_as_the_way() {
+    let env = TestEnv::start(env_opts(&[])).await.unwrap();
+    let key = env.org_and_key(ORG, "read,write").unwrap();
+    let up = Upstream::start("project").unwrap();
+    create_repo(&env, &key, "mirror", &up, None).await.unwrap();
+    let (status, body) = env
+        .api(
+            "POST",
+            &format!("/v1/{ORG}/mirror/upstream/syncs"),
+            Some(&key),
+            Some(&json!({"direction": "pull", "ref_globs": {"branches": "{a,b}"}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"]["details"]["field"], "ref_globs.branches",
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("alternation is not supported"),
+        "{message}"
+    );
+    assert!(
+        message.contains("separate patterns with commas"),
+        "{message}"
+    );
+    assert!(!message.contains("maybe escape"), "{message}");
+    env.cleanup().await.unwrap();
+}

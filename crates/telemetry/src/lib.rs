@@ -8,8 +8,9 @@
 //!   `data/logs/*.log`) gets plain text that `grep status=401` finds.
 //! - JSON lines carry `timestamp`, `level`, `target`, the event's fields
 //!   (`message` among them) flattened, and the current span's fields under
-//!   `span` (for a request: `method`, `route`, `status`, `request_id`,
-//!   `trace_id`; for a run: `sync_id`, `repo_id`, `direction`, `attempt`,
+//!   `span` (for a request: `method`, `route`, `request_id`, `trace_id`,
+//!   `key_id`; its `request finished` line carries `status` and
+//!   `latency_ms` itself, so a readable line names each once; for a run: `sync_id`, `repo_id`, `direction`, `attempt`,
 //!   `trace_id`, outcome counts).
 //! - When `telemetry.otlp_endpoint` is set, spans are exported over OTLP/HTTP
 //!   (protobuf) to `<endpoint>/v1/traces` in batches; dropping the
