@@ -248,6 +248,16 @@ impl CredentialCache {
         generation
     }
 
+    /// The listener lost its connection. Its silence alone would stop
+    /// entries older than the bound from being served; dropping them all
+    /// at once also spares younger ones: the database the listener cannot
+    /// reach is the one a revocation would be written to.
+    pub fn not_listening(&self) {
+        write(&self.health).confirmed_at = None;
+        Self::drop_matching(&self.api_keys, |_| true);
+        Self::drop_matching(&self.private_keys, |_| true);
+    }
+
     /// A ping sent at `sent` on connection `generation` was answered.
     pub fn confirmed(&self, generation: u64, sent: Instant) {
         let mut health = write(&self.health);
@@ -355,6 +365,14 @@ mod tests {
         t.at -= Duration::from_millis(150);
         cache.put_api_key([2; 32], key("key_b", "org_a"), t);
         assert!(cache.api_key(&[2; 32]).is_none());
+    }
+
+    #[test]
+    fn a_lost_listener_empties_the_cache() {
+        let (cache, _) = listening_cache(1000);
+        cache.put_api_key([1; 32], key("key_a", "org_a"), cache.api_key_ticket());
+        cache.not_listening();
+        assert!(cache.api_key(&[1; 32]).is_none());
     }
 
     #[test]

@@ -12,9 +12,9 @@
 //!   each answer to the cache; the cache itself decides what a silent
 //!   listener means (entries older than the bound are read again), so a
 //!   hung connection degrades to database reads, never to stale answers.
-//! - Lost connections are reopened with exponential backoff (100 ms to
-//!   5 s), for as long as the process runs; each new connection starts a
-//!   new cache generation.
+//! - A lost connection empties the cache at once; it is reopened with
+//!   exponential backoff (100 ms to 5 s), for as long as the process runs,
+//!   and each new connection starts a new cache generation.
 
 use crate::credential_cache::CredentialCache;
 use futures_util::StreamExt;
@@ -36,6 +36,7 @@ async fn run(mut config: tokio_postgres::Config, cache: Arc<CredentialCache>) {
     loop {
         let started = Instant::now();
         let outcome = session(&config, &cache).await;
+        cache.not_listening();
         // A connection that served a while earns a quick first retry.
         if started.elapsed() > BACKOFF_MAX {
             backoff = BACKOFF_MIN;
