@@ -369,3 +369,32 @@ async fn an_access_token_reaches_its_named_repos_only() {
     );
     env.cleanup().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_over_the_size_and_grant_limits_are_refused() {
+    let env = env().await;
+    let key = create_private_key(&env, "acme");
+    // 251 repositories: one more than Mesa's verifier grants.
+    let mut claims = admin_claims("acme");
+    claims.as_object_mut().unwrap().remove("admin");
+    let access: serde_json::Map<String, Value> = (0..251)
+        .map(|i| (format!("repo-{i}"), json!("read-repo")))
+        .collect();
+    claims["access"] = Value::Object(access);
+    assert_refused(&env, &sign(&key.signing, &claims), "access to 1-250").await;
+    // A validly signed token past 32 KiB is refused before it is decoded.
+    let mut claims = admin_claims("acme");
+    claims["padding"] = json!("x".repeat(33 * 1024));
+    let (status, body) = env
+        .call(
+            "GET",
+            "/v1/whoami",
+            Some(&sign(&key.signing, &claims)),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED");
+    env.cleanup().await.unwrap();
+}
