@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 pub use depot_testkit::{GitHttpServer, GitServerOptions, fixture};
 
 pub mod ops;
+pub mod python;
 pub mod worker;
 
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";

@@ -1,8 +1,10 @@
 //! `depot-admin`: the operator's CLI. Everything it does goes through
 //! `depot-store`, so it needs the database only.
 
+pub mod private_key;
+
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use depot_domain::Scope;
 use depot_secrets::KeyRing;
 use depot_settings::Settings;
@@ -29,7 +31,7 @@ pub enum Command {
         #[command(subcommand)]
         command: OrgCommand,
     },
-    /// API keys.
+    /// API keys and private keys.
     Key {
         #[command(subcommand)]
         command: KeyCommand,
@@ -64,20 +66,38 @@ pub enum OrgCommand {
     },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KeyKind {
+    /// A bearer API key with fixed scopes.
+    ApiKey,
+    /// An org-bound Ed25519 private key (Mesa's SDK): its holder signs
+    /// short-lived access tokens; the server keeps the public key only.
+    PrivateKey,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum KeyCommand {
-    /// Create an API key; prints it alone on the last line (shown only once).
+    /// Create a key; prints it alone on the last line (shown only once).
     Create {
         #[arg(long)]
         org: String,
-        /// Comma-separated: read, write, admin.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_enum, default_value = "api-key")]
+        kind: KeyKind,
+        /// API keys only. Comma-separated: read, write, admin.
+        #[arg(long, value_delimiter = ',', required_if_eq("kind", "api-key"))]
         scopes: Vec<String>,
         #[arg(long, default_value = "")]
         name: String,
     },
-    /// Revoke a key by id (`key_…`), effective immediately.
+    /// Revoke a key of either kind by id (`key_…`). Gateways refuse it
+    /// within `auth.revocation_bound_ms`.
     Revoke { id: String },
+    /// The org's keys of both kinds: id, kind, name, scopes, created,
+    /// revoked (never a secret).
+    List {
+        #[arg(long)]
+        org: String,
+    },
 }
 
 fn check_slug(slug: &str) -> anyhow::Result<()> {
@@ -176,7 +196,68 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Key {
-            command: KeyCommand::Create { org, scopes, name },
+            command:
+                KeyCommand::Create {
+                    org,
+                    kind: KeyKind::PrivateKey,
+                    scopes,
+                    name,
+                },
+        } => {
+            if !scopes.is_empty() {
+                bail!(
+                    "--scopes is for API keys: a private key's access tokens carry their own scopes"
+                );
+            }
+            let org = depot_store::orgs::by_slug(client, &org)
+                .await?
+                .with_context(|| format!("no org {org}"))?;
+            let key = private_key::generate(&org.slug)?;
+            let id = depot_store::keys::create_private_key(client, &org.id, &name, &key.public_key)
+                .await?;
+            println!(
+                "created private key {id} for org {} (shown once; the server keeps only its public key)",
+                org.slug
+            );
+            println!("{}", key.text);
+        }
+        Command::Key {
+            command: KeyCommand::List { org },
+        } => {
+            let org = depot_store::orgs::by_slug(client, &org)
+                .await?
+                .with_context(|| format!("no org {org}"))?;
+            let keys = depot_store::keys::list(client, &org.id).await?;
+            println!("id\tkind\tname\tscopes\tcreated\trevoked");
+            let time = |t: chrono::DateTime<chrono::Utc>| {
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            };
+            for k in keys {
+                let scopes = if k.scopes.is_empty() {
+                    "-".to_string()
+                } else {
+                    k.scopes.join(",")
+                };
+                let name = if k.name.is_empty() { "-" } else { &k.name };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.kind,
+                    name,
+                    scopes,
+                    time(k.created_at),
+                    k.revoked_at.map(time).unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        Command::Key {
+            command:
+                KeyCommand::Create {
+                    org,
+                    kind: KeyKind::ApiKey,
+                    scopes,
+                    name,
+                },
         } => {
             let scopes = scopes
                 .iter()

@@ -38,6 +38,11 @@ max_body_bytes = 65536
 workers = 0
 shutdown_seconds = 30
 
+[auth]
+cache_seconds = 60
+revocation_bound_ms = 1000
+cache_capacity = 100000
+
 [storage]
 root = "./data/repos"
 
@@ -104,6 +109,7 @@ pub struct Settings {
     pub database: Database,
     pub amqp: Amqp,
     pub gateway: Gateway,
+    pub auth: Auth,
     pub storage: Storage,
     pub worker: Worker,
     pub upstream: Upstream,
@@ -141,6 +147,23 @@ pub struct Gateway {
     pub workers: usize,
     /// On SIGTERM, how long in-flight requests may take to finish.
     pub shutdown_seconds: u64,
+}
+
+/// The gateway's cache of verified credentials (docs/operations.md,
+/// "Credential cache").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// Longest a verified key is trusted without reading it again, even
+    /// while revocations arrive by notification.
+    pub cache_seconds: u64,
+    /// A revoked or deleted key is refused by every gateway within this
+    /// long: while the gateway's listener is not confirmed up, cached
+    /// entries older than this are read again.
+    pub revocation_bound_ms: u64,
+    /// Most keys cached per gateway process; beyond it keys are verified
+    /// against the database on every request.
+    pub cache_capacity: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -271,6 +294,21 @@ impl Settings {
         positive(self.upstream.max_refs as u64, "upstream.max_refs")?;
         positive(self.gateway.max_body_bytes as u64, "gateway.max_body_bytes")?;
         positive(self.amqp.delivery_limit.into(), "amqp.delivery_limit")?;
+        positive(self.auth.cache_seconds, "auth.cache_seconds")?;
+        // The listener is confirmed alive by a ping each quarter of the
+        // bound; below 100 ms that would be a busy loop.
+        if !(100..=60_000).contains(&self.auth.revocation_bound_ms) {
+            return Err(SettingsError::key(
+                "auth.revocation_bound_ms",
+                "must be between 100 and 60000",
+            ));
+        }
+        if self.auth.revocation_bound_ms > self.auth.cache_seconds.saturating_mul(1000) {
+            return Err(SettingsError::key(
+                "auth.revocation_bound_ms",
+                "must not exceed auth.cache_seconds",
+            ));
+        }
         if self.worker.retry_max_ms < self.worker.retry_base_ms {
             return Err(SettingsError::key(
                 "worker.retry_max_ms",
@@ -422,6 +460,8 @@ mod tests {
         assert!(s.telemetry.otlp_endpoint.is_none());
         assert!(s.secrets.credential_key.is_none());
         assert!(s.credential_key().is_err());
+        assert_eq!(s.auth.revocation_bound_ms, 1000);
+        assert_eq!(s.auth.cache_seconds, 60);
     }
 
     #[test]
@@ -460,6 +500,11 @@ mod tests {
             ("DEPOT__GATEWAY__LISTEN", "nowhere", "gateway.listen"),
             ("DEPOT__DATABASE__URL", "mysql://x", "database.url"),
             ("DEPOT__AMQP__NAMESPACE", "a b", "amqp.namespace"),
+            (
+                "DEPOT__AUTH__REVOCATION_BOUND_MS",
+                "5",
+                "auth.revocation_bound_ms",
+            ),
             (
                 "DEPOT__UPSTREAM__ALLOWED_SCHEMES",
                 "file",

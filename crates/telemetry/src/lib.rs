@@ -17,6 +17,11 @@
 //!   [`TelemetryGuard`] flushes what is pending.
 //! - Spans get real trace ids even when nothing is exported, so trace context
 //!   propagates and a 500 body can name its trace.
+//! - Lines are written to stdout by a dedicated thread (tracing-appender's
+//!   non-blocking writer): a request thread only formats its line and hands
+//!   it over, it never waits on the terminal or pipe. The writer never drops
+//!   a line (when its queue is full, callers wait); dropping the
+//!   [`TelemetryGuard`] writes out what is queued.
 
 use depot_settings::{LogFormat, Telemetry};
 use opentelemetry::propagation::TextMapCompositePropagator;
@@ -30,9 +35,11 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Keeps the tracer provider alive; flushes spans when dropped.
+/// Keeps the tracer provider and the log writer alive; flushes both when
+/// dropped.
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    _log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl Drop for TelemetryGuard {
@@ -132,24 +139,32 @@ pub fn init(settings: &Telemetry, default_service: &str) -> TelemetryGuard {
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(otel_layer(tracer, settings.otlp_endpoint.is_some()));
-    let _ = match settings.format {
+    let (writer, log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("depot-log-writer")
+        .finish(std::io::stdout());
+    let installed = match settings.format {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_span_list(false),
+                    .with_span_list(false)
+                    .with_writer(writer),
             )
             .try_init(),
         LogFormat::Pretty => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_target(true)
-                    .with_ansi(colour(std::io::stdout().is_terminal())),
+                    .with_ansi(colour(std::io::stdout().is_terminal()))
+                    .with_writer(writer),
             )
             .try_init(),
     };
+    // Only the subscriber actually installed keeps its writer thread.
+    let log_guard = installed.is_ok().then_some(log_guard);
     match (&settings.otlp_endpoint, export_error) {
         (Some(_), Some(e)) => {
             tracing::error!(error = %e, "OTLP exporter unavailable; spans are not exported")
@@ -159,7 +174,10 @@ pub fn init(settings: &Telemetry, default_service: &str) -> TelemetryGuard {
         (Some(_), None) => tracing::info!(service = %service, "exporting spans over OTLP/HTTP"),
         (None, _) => {}
     }
-    TelemetryGuard { provider }
+    TelemetryGuard {
+        provider,
+        _log_writer: log_guard,
+    }
 }
 
 /// The current span's W3C trace context (`traceparent`, `tracestate`).

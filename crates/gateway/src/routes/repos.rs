@@ -367,7 +367,7 @@ pub async fn get(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (org, name) = path.into_inner();
-    caller.for_org(&org, Scope::Read)?;
+    caller.for_repo(&org, &name, Scope::Read)?;
     let client = caller.db(&state.pool).await?;
     let repo = load_repo(&client, &caller.key.org_id, &name).await?;
     Ok(HttpResponse::Ok().json(render(&client, &repo, &caller.key.org_slug).await?))
@@ -380,7 +380,7 @@ pub async fn update(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (org, name) = path.into_inner();
-    caller.for_org(&org, Scope::Write)?;
+    caller.for_repo(&org, &name, Scope::Write)?;
     // Not held while the body arrives: a slow client would hold a pool slot.
     caller.release_db();
     let body =
@@ -443,7 +443,7 @@ pub async fn delete(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (org, name) = path.into_inner();
-    caller.for_org(&org, Scope::Write)?;
+    caller.for_repo(&org, &name, Scope::Write)?;
     let client = caller.db(&state.pool).await?;
     let repo = load_repo(&client, &caller.key.org_id, &name).await?;
     if !depot_store::repos::delete_and_schedule_purge(&client, &repo.id, &caller.key.org_id).await?
