@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 /// After the shutdown grace period, how long a run may take to notice its
@@ -221,17 +222,6 @@ fn abandoned_delay(lease: Duration) -> Duration {
 /// anyone else can start.
 const LEASE_MARGIN_DIVISOR: u32 = 4;
 
-/// Aborts the task on drop: the heartbeat and the shutdown watch end with
-/// their run, whatever path ends it (a panic unwinding through
-/// `run_claimed` included), instead of renewing a lease nobody uses.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 async fn run_claimed(
     ctx: &Ctx,
     claimed: Claimed,
@@ -248,7 +238,10 @@ async fn run_claimed(
 
     let cancel = Arc::new(AtomicBool::new(false));
     let lease_lost = CancellationToken::new();
-    let heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
+    // Aborted on drop: the heartbeat and the shutdown watch end with their
+    // run, whatever path ends it (a panic unwinding through here included),
+    // instead of renewing a lease nobody uses.
+    let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(
         ctx.pool.clone(),
         sync.id.clone(),
         sync.attempt,
@@ -260,7 +253,7 @@ async fn run_claimed(
     let stop_watch = {
         let cancel = cancel.clone();
         let hard_stop = ctx.hard_stop.clone();
-        AbortOnDrop(tokio::spawn(async move {
+        AbortOnDropHandle::new(tokio::spawn(async move {
             hard_stop.cancelled().await;
             cancel.store(true, Ordering::SeqCst);
         }))
