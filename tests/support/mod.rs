@@ -262,10 +262,15 @@ impl TestEnv {
     }
 
     fn spawn(&self, binary: &str, label: &str) -> Result<Proc> {
+        self.spawn_with(binary, label, &[])
+    }
+
+    fn spawn_with(&self, binary: &str, label: &str, overrides: &[(&str, &str)]) -> Result<Proc> {
         let log = self.dir.path().join(format!("{label}.log"));
         let file = File::create(&log)?;
-        let child = self
-            .command(binary)?
+        let mut cmd = self.command(binary)?;
+        cmd.envs(overrides.iter().copied());
+        let child = cmd
             .stdout(file.try_clone()?)
             .stderr(file)
             .spawn()
@@ -306,8 +311,14 @@ impl TestEnv {
     }
 
     pub fn start_worker(&mut self) -> Result<usize> {
+        self.start_worker_with(&[])
+    }
+
+    /// Start a worker with some environment variables of its own (e.g. a
+    /// database URL through a fault-injecting proxy); returns its index.
+    pub fn start_worker_with(&mut self, overrides: &[(&str, &str)]) -> Result<usize> {
         let n = self.workers.len();
-        let proc = self.spawn("depot-worker", &format!("worker-{n}"))?;
+        let proc = self.spawn_with("depot-worker", &format!("worker-{n}"), overrides)?;
         self.workers.push(proc);
         Ok(n)
     }

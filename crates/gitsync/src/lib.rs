@@ -65,6 +65,11 @@ pub struct RunSpec<'a> {
     /// Names the quarantine namespace `refs/depot/incoming/<sync_id>/`;
     /// ASCII letters, digits, `-` and `_` only.
     pub sync_id: &'a str,
+    /// The run's attempt (its fencing token): quarantines are per attempt,
+    /// `refs/depot/incoming/<sync_id>/a<attempt>/`, and a run never clears
+    /// a newer attempt's, so a stale run cannot pull a newer run's fetched
+    /// values from under it.
+    pub attempt: u32,
     /// Wall-clock cap; network work stops once it has passed
     /// (`Transient("timeout")`).
     pub deadline: Instant,

@@ -34,8 +34,9 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     }
     // Crashed earlier runs (of this sync or another one) may have left
     // quarantine refs behind.
-    crate::repo::clear_all_quarantines(&repo);
-    let quarantine = Quarantine::new(&repo, spec.sync_id);
+    guard.check()?;
+    crate::repo::clear_all_quarantines(&repo, spec.sync_id, spec.attempt);
+    let quarantine = Quarantine::new(&repo, spec.sync_id, spec.attempt);
     init_timeouts();
 
     // Both option sets outlive `remote`: libgit2 keeps pointers to their
@@ -236,7 +237,7 @@ fn apply(
     Ok(stat(last_seen, Outcome::Rejected).with_reason(CONCURRENT_UPDATE))
 }
 
-/// `refs/depot/incoming/<sync_id>/...`: where fetched values wait, so that
+/// `refs/depot/incoming/<sync_id>/a<attempt>/...`: where fetched values wait, so that
 /// their objects are reachable (safe from gc) while hosted refs are decided.
 /// Emptied on creation and on drop, i.e. also when the run fails.
 struct Quarantine<'r> {
@@ -245,10 +246,10 @@ struct Quarantine<'r> {
 }
 
 impl<'r> Quarantine<'r> {
-    fn new(repo: &'r Repository, sync_id: &str) -> Self {
+    fn new(repo: &'r Repository, sync_id: &str, attempt: u32) -> Self {
         Quarantine {
             repo,
-            prefix: format!("refs/depot/incoming/{sync_id}/"),
+            prefix: crate::repo::quarantine_prefix(sync_id, attempt),
         }
     }
 

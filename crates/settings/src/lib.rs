@@ -25,6 +25,9 @@ const DEFAULTS: &str = r#"
 url = "postgres://postgres@127.0.0.1:5432/depot"
 pool_size = 16
 connect_timeout_ms = 3000
+statement_timeout_ms = 30000
+lock_timeout_ms = 5000
+idle_in_transaction_timeout_ms = 60000
 
 [amqp]
 url = "amqp://guest:guest@127.0.0.1:5672/%2f"
@@ -57,6 +60,8 @@ relay_interval_ms = 1000
 requeue_after_seconds = 120
 metrics_listen = "127.0.0.1:9090"
 max_runs_per_org = 16
+claim_lock_timeout_ms = 1000
+republish_max_per_tick = 100
 
 [upstream]
 allowed_schemes = ["https"]
@@ -124,6 +129,13 @@ pub struct Database {
     pub url: Secret,
     pub pool_size: usize,
     pub connect_timeout_ms: u64,
+    /// Session limits of every pooled connection (Postgres's
+    /// `statement_timeout`, `lock_timeout`,
+    /// `idle_in_transaction_session_timeout`): no wait on the database is
+    /// unbounded.
+    pub statement_timeout_ms: u64,
+    pub lock_timeout_ms: u64,
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,6 +203,13 @@ pub struct Worker {
     /// Syncs of one org running at once across all workers (0 = no limit),
     /// so one org's burst cannot take every worker.
     pub max_runs_per_org: u32,
+    /// How long a claim waits for the repository's or org's row lock
+    /// before it gives its permit back and defers the job (no attempt
+    /// spent); shorter than `database.lock_timeout_ms`, so one busy org
+    /// cannot hold every permit of a worker.
+    pub claim_lock_timeout_ms: u64,
+    /// Most lost messages the relay of one worker publishes again per tick.
+    pub republish_max_per_tick: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -290,6 +309,30 @@ impl Settings {
         positive(self.worker.max_attempts.into(), "worker.max_attempts")?;
         positive(self.worker.retry_base_ms, "worker.retry_base_ms")?;
         positive(self.worker.lease_seconds, "worker.lease_seconds")?;
+        // 0 would switch Postgres's limit off: every wait must stay bounded.
+        positive(
+            self.database.statement_timeout_ms,
+            "database.statement_timeout_ms",
+        )?;
+        positive(self.database.lock_timeout_ms, "database.lock_timeout_ms")?;
+        positive(
+            self.database.idle_in_transaction_timeout_ms,
+            "database.idle_in_transaction_timeout_ms",
+        )?;
+        positive(
+            self.worker.claim_lock_timeout_ms,
+            "worker.claim_lock_timeout_ms",
+        )?;
+        positive(
+            self.worker.republish_max_per_tick.into(),
+            "worker.republish_max_per_tick",
+        )?;
+        if self.worker.claim_lock_timeout_ms > self.database.lock_timeout_ms {
+            return Err(SettingsError::key(
+                "worker.claim_lock_timeout_ms",
+                "must not be above database.lock_timeout_ms",
+            ));
+        }
         positive(self.upstream.timeout_seconds, "upstream.timeout_seconds")?;
         positive(self.upstream.max_refs as u64, "upstream.max_refs")?;
         positive(self.gateway.max_body_bytes as u64, "gateway.max_body_bytes")?;
@@ -454,6 +497,11 @@ mod tests {
         assert_eq!(s.worker.max_attempts, 5);
         assert_eq!(s.worker.retry_base_ms, 1000);
         assert_eq!(s.worker.lease_seconds, 60);
+        assert_eq!(s.database.statement_timeout_ms, 30_000);
+        assert_eq!(s.database.lock_timeout_ms, 5_000);
+        assert_eq!(s.database.idle_in_transaction_timeout_ms, 60_000);
+        assert_eq!(s.worker.claim_lock_timeout_ms, 1_000);
+        assert_eq!(s.worker.republish_max_per_tick, 100);
         assert_eq!(s.upstream.allowed_schemes, vec!["https"]);
         assert!(!s.upstream.allow_private_networks);
         assert_eq!(s.telemetry.format, LogFormat::Pretty);
@@ -517,6 +565,21 @@ mod tests {
             ),
             ("DEPOT__TELEMETRY__FORMAT", "xml", "telemetry.format"),
             ("DEPOT__WORKER__NO_SUCH_KEY", "1", "no_such_key"),
+            (
+                "DEPOT__DATABASE__STATEMENT_TIMEOUT_MS",
+                "0",
+                "database.statement_timeout_ms",
+            ),
+            (
+                "DEPOT__WORKER__CLAIM_LOCK_TIMEOUT_MS",
+                "6000",
+                "worker.claim_lock_timeout_ms",
+            ),
+            (
+                "DEPOT__WORKER__REPUBLISH_MAX_PER_TICK",
+                "0",
+                "worker.republish_max_per_tick",
+            ),
         ] {
             let err = Settings::load_from(None, env(&[(key, value)]))
                 .unwrap_err()

@@ -239,7 +239,46 @@ pub async fn claim(
     lease: Duration,
     max_runs_per_org: Option<i64>,
 ) -> Result<Claim> {
+    claim_within(client, sync_id, lease, max_runs_per_org, None).await
+}
+
+/// [`claim`], waiting at most `lock_wait` for the repository's and the
+/// org's row locks (`SET LOCAL lock_timeout`, else the session's). A claim
+/// that cannot get them in time is [`Claim::Busy`]: whoever holds them is
+/// claiming or changing that repository or org, and the job is better
+/// deferred than left holding a worker's permit behind them.
+pub async fn claim_within(
+    client: &mut deadpool_postgres::Client,
+    sync_id: &str,
+    lease: Duration,
+    max_runs_per_org: Option<i64>,
+    lock_wait: Option<Duration>,
+) -> Result<Claim> {
+    match claim_tx(client, sync_id, lease, max_runs_per_org, lock_wait).await {
+        // The transaction rolled back when it was dropped; nothing changed.
+        Err(e) if e.sql_state() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            Ok(Claim::Busy)
+        }
+        other => other,
+    }
+}
+
+async fn claim_tx(
+    client: &mut deadpool_postgres::Client,
+    sync_id: &str,
+    lease: Duration,
+    max_runs_per_org: Option<i64>,
+    lock_wait: Option<Duration>,
+) -> Result<Claim> {
     let tx = client.transaction().await?;
+    if let Some(wait) = lock_wait {
+        // SET takes no parameters; the value is a number we format.
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = {}",
+            wait.as_millis().max(1)
+        ))
+        .await?;
+    }
     let head = tx
         .prepare_cached(
             "SELECT s.repo_id, s.status, s.not_before, now() AS now FROM syncs s WHERE s.id = $1",
@@ -498,7 +537,8 @@ pub async fn sweep_expired_leases(
 }
 
 /// Queued syncs whose message seems lost: due, and not published for
-/// `older_than`. Marks them published now; the caller publishes them.
+/// `older_than`, those published longest ago first. Marks them published
+/// now; the caller publishes them.
 /// `SKIP LOCKED` lets any number of relays run this concurrently.
 pub async fn take_stale_queued(
     client: &impl GenericClient,
@@ -512,7 +552,7 @@ pub async fn take_stale_queued(
                  WHERE status = 'queued'
                    AND coalesce(published_at, created_at) < now() - make_interval(secs => $1)
                    AND coalesce(not_before, now()) <= now()
-                 ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 ORDER BY coalesce(published_at, created_at) LIMIT $2 FOR UPDATE SKIP LOCKED)
              UPDATE syncs s SET published_at = now() FROM stale WHERE s.id = stale.id
              RETURNING s.id, s.repo_id, s.attempt",
         )
@@ -523,6 +563,35 @@ pub async fn take_stale_queued(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
+}
+
+/// Take the lost-message pass for this transaction, unless another relay
+/// has it: the pass compares deployment-wide counts, and two relays acting
+/// on the same shortfall would publish it twice.
+pub async fn lead_republish(client: &impl GenericClient) -> Result<bool> {
+    let stmt = client
+        .prepare_cached("SELECT pg_try_advisory_xact_lock(hashtext('depot.lost_message_pass'))")
+        .await?;
+    Ok(client.query_one(&stmt, &[]).await?.get(0))
+}
+
+/// Queued syncs whose job message should be waiting in the jobs queue now:
+/// due, and neither published nor due within `settle` (a message
+/// published that recently may still sit in a delay queue, e.g. a job
+/// deferred because its repository was busy).
+pub async fn count_expecting_message(client: &impl GenericClient, settle: Duration) -> Result<i64> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT count(*) FROM syncs
+             WHERE status = 'queued'
+               AND coalesce(published_at, created_at) < now() - make_interval(secs => $1)
+               AND coalesce(not_before, '-infinity') < now() - make_interval(secs => $1)",
+        )
+        .await?;
+    Ok(client
+        .query_one(&stmt, &[&settle.as_secs_f64()])
+        .await?
+        .get(0))
 }
 
 /// Counts by status, for metrics and tests.

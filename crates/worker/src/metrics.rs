@@ -37,6 +37,7 @@ pub(crate) struct WorkerMetrics {
     relay_publishes: IntCounterVec,
     lease_expirations: IntCounterVec,
     outbox_backlog: IntGauge,
+    missing_messages: IntGauge,
     queue_messages: IntGaugeVec,
     dependency_up: IntGaugeVec,
 }
@@ -152,6 +153,13 @@ impl WorkerMetrics {
         .expect("metric definition");
         r.register(Box::new(dependency_up.clone()))
             .expect("register");
+        let missing_messages = IntGauge::new(
+            "depot_relay_missing_messages",
+            "At the last lost-message pass of this worker: due queued syncs in excess of the messages ready in the jobs queue (each pass publishes at most worker.republish_max_per_tick of them again).",
+        )
+        .expect("metric definition");
+        r.register(Box::new(missing_messages.clone()))
+            .expect("register");
         let m = WorkerMetrics {
             runs: counter(
                 &r,
@@ -202,6 +210,7 @@ impl WorkerMetrics {
                 &["result"],
             ),
             outbox_backlog,
+            missing_messages,
             queue_messages,
             dependency_up,
             registry: r,
@@ -289,6 +298,11 @@ pub(crate) fn relay_published(source: &str, ok: bool) {
         .relay_publishes
         .with_label_values(&[source, if ok { "ok" } else { "error" }])
         .inc();
+}
+
+/// The shortfall the last lost-message pass found.
+pub(crate) fn missing_messages(n: i64) {
+    metrics().missing_messages.set(n);
 }
 
 /// The sweeper returned an expired run to `queued` (`requeued`) or failed it.
