@@ -42,7 +42,7 @@ pub struct Policy {
     /// removed; younger ones are kept.
     pub grace: Duration,
     /// Pruning rewrites every pack, so it runs at most this often per
-    /// repository.
+    /// repository (the first look at a repository starts the clock).
     pub prune_every: Duration,
     /// Cap on one housekeeping pass; a git command still running then is
     /// killed (its temporary files are removed by a later pass).
@@ -188,10 +188,18 @@ pub fn housekeep(
         run_git(git_dir, &["pack-refs", "--all"], cancel, deadline)?;
         report.packed_refs = true;
     }
-    let prune_due = before
-        .last_prune
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .is_none_or(|age| age >= policy.prune_every);
+    // The first look only starts the clock: a repository just created by
+    // its first pull has nothing old to prune, and a full repack right
+    // after a huge first pull would double its cost.
+    let prune_due = match before.last_prune {
+        None => {
+            touch(&git_dir.join(PRUNE_MARKER))?;
+            false
+        }
+        Some(t) => SystemTime::now()
+            .duration_since(t)
+            .is_ok_and(|age| age >= policy.prune_every),
+    };
     if prune_due {
         // As `git gc` does: reachable objects into one pack, unreachable
         // packed ones younger than the grace into a cruft pack (which keeps
