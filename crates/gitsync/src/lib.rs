@@ -7,10 +7,14 @@
 //! entry points also catch panics raised inside git2's FFI callbacks (it
 //! unwraps non-UTF-8 strings there) and report them as an error.
 //!
+//! `housekeeping` keeps hosted repositories' object stores in shape (it runs
+//! the `git` CLI, which libgit2 cannot replace there).
+//!
 //! Process-wide side effect: the first `pull`/`push` sets libgit2's global
 //! socket timeouts (connect 30 s, read/write 60 s; see `net`).
 
 mod error;
+pub mod housekeeping;
 mod net;
 mod pull;
 mod push;
@@ -62,8 +66,8 @@ pub struct RunSpec<'a> {
     pub url: &'a str,
     pub credentials: Option<&'a Credentials>,
     pub matcher: &'a RefMatcher,
-    /// Names the quarantine namespace `refs/depot/incoming/<sync_id>/`;
-    /// ASCII letters, digits, `-` and `_` only.
+    /// The sync this run belongs to; ASCII letters, digits, `-` and `_`
+    /// only.
     pub sync_id: &'a str,
     /// The run's attempt (its fencing token): quarantines are per attempt,
     /// `refs/depot/incoming/<sync_id>/a<attempt>/`, and a run never clears

@@ -40,6 +40,7 @@ listen = "127.0.0.1:8080"
 max_body_bytes = 65536
 workers = 0
 shutdown_seconds = 30
+idempotency_retention_hours = 24
 
 [auth]
 cache_seconds = 60
@@ -62,6 +63,23 @@ metrics_listen = "127.0.0.1:9090"
 max_runs_per_org = 16
 claim_lock_timeout_ms = 1000
 republish_max_per_tick = 100
+
+[maintenance]
+interval_seconds = 300
+batch_size = 1000
+sync_history_keep = 100
+sync_history_days = 90
+
+[housekeeping]
+enabled = true
+max_packs = 8
+max_loose_refs = 256
+max_loose_objects = 1024
+prune_grace_seconds = 3600
+prune_interval_hours = 24
+idle_seconds = 3600
+repos_per_tick = 8
+time_limit_seconds = 1200
 
 [upstream]
 allowed_schemes = ["https"]
@@ -117,6 +135,8 @@ pub struct Settings {
     pub auth: Auth,
     pub storage: Storage,
     pub worker: Worker,
+    pub maintenance: Maintenance,
+    pub housekeeping: Housekeeping,
     pub upstream: Upstream,
     pub secrets: Secrets,
     pub telemetry: Telemetry,
@@ -159,6 +179,62 @@ pub struct Gateway {
     pub workers: usize,
     /// On SIGTERM, how long in-flight requests may take to finish.
     pub shutdown_seconds: u64,
+    /// How long the first response to an `Idempotency-Key` is replayed; the
+    /// worker's maintenance task deletes older keys.
+    pub idempotency_retention_hours: u64,
+}
+
+impl Gateway {
+    pub fn idempotency_retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.idempotency_retention_hours.saturating_mul(3600))
+    }
+}
+
+/// The worker's periodic maintenance task: retention of tables that would
+/// otherwise only grow, and scheduling of housekeeping.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Maintenance {
+    /// Time between two passes of the task (each worker runs one).
+    pub interval_seconds: u64,
+    /// Rows deleted per statement; a pass repeats until a batch comes back
+    /// short.
+    pub batch_size: u32,
+    /// Sync history kept per repository: at least the newest this many...
+    pub sync_history_keep: u32,
+    /// ...and every sync finished less than this many days ago (0: only
+    /// the newest `sync_history_keep`).
+    pub sync_history_days: u32,
+}
+
+/// Housekeeping of hosted repositories' git data (crates/gitsync
+/// `housekeeping`): after pulls, and from the maintenance task for
+/// repositories not looked at for `idle_seconds`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Housekeeping {
+    /// Off: no repacking or pruning at all (packs then accumulate).
+    pub enabled: bool,
+    /// More packs than this: geometric repack.
+    pub max_packs: usize,
+    /// More loose refs than this: pack refs.
+    pub max_loose_refs: usize,
+    /// More loose objects than this (estimated): geometric repack.
+    pub max_loose_objects: usize,
+    /// Unreachable objects, temporary files and locks are removed only once
+    /// this old; at least `upstream.timeout_seconds + worker.lease_seconds`,
+    /// so nothing a run (even one that lost its lease) may still need goes.
+    pub prune_grace_seconds: u64,
+    /// Pruning rewrites every pack: at most this often per repository.
+    pub prune_interval_hours: u64,
+    /// The maintenance task looks at repositories not looked at for this
+    /// long.
+    pub idle_seconds: u64,
+    /// Repositories the maintenance task looks at per pass.
+    pub repos_per_tick: u32,
+    /// Cap on one repository's housekeeping; a git command still running
+    /// then is killed.
+    pub time_limit_seconds: u64,
 }
 
 /// The gateway's cache of verified credentials (docs/operations.md,
@@ -350,6 +426,38 @@ impl Settings {
             return Err(SettingsError::key(
                 "auth.revocation_bound_ms",
                 "must not exceed auth.cache_seconds",
+            ));
+        }
+        positive(
+            self.gateway.idempotency_retention_hours,
+            "gateway.idempotency_retention_hours",
+        )?;
+        positive(
+            self.maintenance.interval_seconds,
+            "maintenance.interval_seconds",
+        )?;
+        positive(self.maintenance.batch_size.into(), "maintenance.batch_size")?;
+        positive(
+            self.maintenance.sync_history_keep.into(),
+            "maintenance.sync_history_keep",
+        )?;
+        positive(self.housekeeping.max_packs as u64, "housekeeping.max_packs")?;
+        positive(
+            self.housekeeping.repos_per_tick.into(),
+            "housekeeping.repos_per_tick",
+        )?;
+        positive(
+            self.housekeeping.time_limit_seconds,
+            "housekeeping.time_limit_seconds",
+        )?;
+        let longest_run = self.upstream.timeout_seconds + self.worker.lease_seconds;
+        if self.housekeeping.prune_grace_seconds < longest_run {
+            return Err(SettingsError::key(
+                "housekeeping.prune_grace_seconds",
+                format!(
+                    "must be at least upstream.timeout_seconds + worker.lease_seconds ({longest_run}): \
+                     a run may still need the objects it downloaded"
+                ),
             ));
         }
         if self.worker.retry_max_ms < self.worker.retry_base_ms {
@@ -635,6 +743,44 @@ mod tests {
         .to_string();
         assert!(err.contains("secrets.previous_credential_keys"), "{err}");
         assert!(!err.contains("bm9wZQ"), "{err}");
+    }
+
+    #[test]
+    fn retention_and_housekeeping_defaults() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.gateway.idempotency_retention_hours, 24);
+        assert_eq!(
+            s.gateway.idempotency_retention(),
+            std::time::Duration::from_secs(86_400)
+        );
+        assert_eq!(s.maintenance.sync_history_keep, 100);
+        assert_eq!(s.maintenance.sync_history_days, 90);
+        assert!(s.housekeeping.enabled);
+        assert!(s.housekeeping.prune_grace_seconds >= s.upstream.timeout_seconds);
+    }
+
+    #[test]
+    fn prune_grace_must_outlast_any_run() {
+        let err = Settings::load_from(
+            None,
+            env(&[("DEPOT__HOUSEKEEPING__PRUNE_GRACE_SECONDS", "60")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("housekeeping.prune_grace_seconds"), "{err}");
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("DEPOT__HOUSEKEEPING__PRUNE_GRACE_SECONDS", "60"),
+                ("DEPOT__UPSTREAM__TIMEOUT_SECONDS", "30"),
+                ("DEPOT__WORKER__LEASE_SECONDS", "30"),
+            ]),
+        );
+        assert!(s.is_ok());
+        let err = Settings::load_from(None, env(&[("DEPOT__MAINTENANCE__SYNC_HISTORY_KEEP", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("maintenance.sync_history_keep"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! (`prepare_cached`).
 
 pub mod credentials;
+pub mod housekeeping;
 pub mod idempotency;
 pub mod keys;
 pub mod migrate;

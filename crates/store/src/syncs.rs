@@ -312,8 +312,11 @@ async fn claim_tx(
     };
     let running = tx
         .prepare_cached(
+            // Housekeeping of the repository's git data holds the same
+            // one-run-per-repository lock (crate::housekeeping).
             "SELECT (SELECT status FROM syncs WHERE id = $2),
-                    EXISTS (SELECT 1 FROM syncs WHERE repo_id = $1 AND status = 'in_progress')",
+                    EXISTS (SELECT 1 FROM syncs WHERE repo_id = $1 AND status = 'in_progress')
+                    OR EXISTS (SELECT 1 FROM repos WHERE id = $1 AND housekeeping_until > now())",
         )
         .await?;
     let now = tx.query_one(&running, &[&repo_id, &sync_id]).await?;
@@ -592,6 +595,44 @@ pub async fn count_expecting_message(client: &impl GenericClient, settle: Durati
         .query_one(&stmt, &[&settle.as_secs_f64()])
         .await?
         .get(0))
+
+}
+
+/// Sync history retention: delete up to `limit` terminal syncs that are
+/// both outside their repository's newest `keep_newest` and finished more
+/// than `older_than` ago, oldest first; returns how many. A queued or
+/// running sync is never deleted, nor a repository's newest sync (its
+/// `latest_sync`): `keep_newest` is at least 1. `SKIP LOCKED` lets several
+/// workers run this at once. The outbox rows of a deleted sync go with it
+/// (`ON DELETE CASCADE`).
+pub async fn delete_expired(
+    client: &impl GenericClient,
+    keep_newest: u32,
+    older_than: Duration,
+    limit: i64,
+) -> Result<u64> {
+    // `syncs_terminal_finished` (migrations/V6) yields the oldest candidates;
+    // the newest-N bound is one index lookup per candidate (`syncs_repo_newest`):
+    // the seq of the repository's N-th newest sync, NULL (nothing deleted)
+    // when it has fewer.
+    let stmt = client
+        .prepare_cached(
+            "WITH doomed AS (
+                 SELECT s.id FROM syncs s
+                 WHERE s.status IN ('completed', 'failed')
+                   AND s.finished_at < now() - make_interval(secs => $2)
+                   AND s.seq < (SELECT k.seq FROM syncs k WHERE k.repo_id = s.repo_id
+                                ORDER BY k.seq DESC OFFSET $1 LIMIT 1)
+                 ORDER BY s.finished_at LIMIT $3
+                 FOR UPDATE OF s SKIP LOCKED)
+             DELETE FROM syncs s USING doomed
+             WHERE s.id = doomed.id AND s.status IN ('completed', 'failed')",
+        )
+        .await?;
+    let offset = i64::from(keep_newest.max(1)) - 1;
+    Ok(client
+        .execute(&stmt, &[&offset, &older_than.as_secs_f64(), &limit])
+        .await?)
 }
 
 /// Counts by status, for metrics and tests.

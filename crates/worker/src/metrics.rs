@@ -48,6 +48,12 @@ pub(crate) fn metrics() -> &'static WorkerMetrics {
     &METRICS
 }
 
+/// The registry `/metrics` renders, for modules that keep their own series
+/// (`maintenance`).
+pub(crate) fn registry() -> &'static Registry {
+    &METRICS.registry
+}
+
 const DURATION_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1500.0,
 ];

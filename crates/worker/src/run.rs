@@ -535,6 +535,7 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
     let max_pack = ctx.settings.upstream.max_pack_bytes;
     let max_refs = ctx.settings.upstream.max_refs;
     let stale_lock_age = Duration::from_secs(ctx.settings.worker.lease_seconds) / 2;
+    let settings = ctx.settings.clone();
     let span = tracing::Span::current();
     let joined = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
@@ -564,6 +565,10 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
             Direction::Pull => depot_gitsync::pull(&spec),
             Direction::Push => depot_gitsync::push(&spec),
         };
+        if direction == Direction::Pull && result.is_ok() {
+            // Still under this run's claim: one run per repository covers it.
+            crate::maintenance::after_pull(&repo_path, &settings, &cancel);
+        }
         match result {
             Ok(refs) => {
                 let head = match direction {

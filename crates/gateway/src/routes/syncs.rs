@@ -121,7 +121,15 @@ pub async fn create(
     let mut client = caller.db(&state.pool).await?;
     let tx = client.transaction().await?;
     if let Some(key) = &idem_key {
-        match idempotency::reserve(&tx, &caller.key.org_id, key, &request_hash).await? {
+        match idempotency::reserve(
+            &tx,
+            &caller.key.org_id,
+            key,
+            &request_hash,
+            state.settings.gateway.idempotency_retention(),
+        )
+        .await?
+        {
             Reservation::Fresh => {}
             Reservation::Replay { status, body } => {
                 let status =
