@@ -5,7 +5,7 @@ SHELL := /usr/bin/env bash
 
 CARGO ?= cargo
 
-.PHONY: help services build run stop test lint fmt bench fuzz clean-data
+.PHONY: help services build run stop reset admin test lint fmt bench fuzz clean-data
 
 help: ## list the targets
 	@echo "Depot Sync make targets:"
@@ -17,16 +17,25 @@ services: ## start Postgres and RabbitMQ if they are not answering (installs the
 build: ## build every binary (target/debug)
 	$(CARGO) build --workspace --bins
 
-run: ## everything on loopback: services, build, migrate, demo org + key, upstream, worker, gateway (RUN_DETACH=1 to return)
+run: ## everything on loopback: services, build (first one ~6 min), migrate, demo org, key, repo and sync (RUN_DETACH=1 to return)
 	@scripts/run-dev.sh
 
 stop: ## stop what `make run` started
 	@scripts/stop-dev.sh
 
+reset: ## drop the dev database and delete ./data, to start over (asks first on a terminal)
+	@scripts/reset-dev.sh
+
+# `make admin ARGS='key create --org demo --scopes read'`
+admin: ## depot-admin against the `make run` setup (deploy/dev.toml): ARGS='...'
+	@$(CARGO) build -q -p depot-admin --bin depot-admin
+	@target/debug/depot-admin --config deploy/dev.toml $(ARGS)
+
 test: services ## the whole test suite against the local services (nextest when installed)
 	@scripts/test.sh
 
-lint: ## rustfmt check and clippy with warnings as errors
+lint: ## rustfmt check, clippy with warnings as errors, links in README.md and docs/
+	scripts/check-links.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
@@ -44,7 +53,7 @@ bench: ## benchmarks (scripts/bench.sh)
 fuzz: services ## fuzz the parsers (cargo-fuzz) and the HTTP API (schemathesis), FUZZ_SECONDS each
 	@scripts/fuzz.sh
 
-clean-data: ## delete ./data (dev database rows stay; repos, logs, pids go)
+clean-data: ## delete ./data (dev database rows stay; repos, logs, pids go; `make reset` drops both)
 	@if compgen -G 'data/run/*.pid' >/dev/null; then \
 		echo "clean-data: processes from 'make run' may still be running: 'make stop' first"; \
 		exit 1; \

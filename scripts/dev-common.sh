@@ -1,10 +1,16 @@
 # shellcheck shell=bash
-# Helpers shared by run-dev.sh and stop-dev.sh (sourced, not run).
-# The development processes are recorded as data/run/NAME.pid.
+# Helpers shared by run-dev.sh, stop-dev.sh and reset-dev.sh (sourced, not
+# run). The development processes are recorded as data/run/NAME.pid.
+#
+# RUN_DATA_DIR (default ./data) moves everything `make run` writes (pids,
+# logs, hosted repositories, the demo upstream): with it and the RUN_* /
+# DEPOT__* overrides run-dev.sh documents, a second instance (a test) runs
+# beside the developer's own without touching it.
 
-RUN_DIR=data/run
+DATA_DIR=${RUN_DATA_DIR:-data}
+RUN_DIR=$DATA_DIR/run
 # shellcheck disable=SC2034  # used by the scripts that source this file
-LOG_DIR=data/logs
+LOG_DIR=$DATA_DIR/logs
 # Stop order: the gateway first (no new syncs), then the worker, then the
 # demo upstream the worker may still be talking to.
 DEV_PROCESSES=(gateway worker upstream)
@@ -68,4 +74,16 @@ stop_all() {
     for name in "${DEV_PROCESSES[@]}"; do
         stop_process "$name"
     done
+}
+
+# True when any process recorded in RUN_DIR still runs.
+any_running() {
+    local name pidfile
+    for name in "${DEV_PROCESSES[@]}"; do
+        pidfile="$RUN_DIR/$name.pid"
+        if [[ -f $pidfile ]] && pid_alive "$(<"$pidfile")" && pid_is_depot "$(<"$pidfile")"; then
+            return 0
+        fi
+    done
+    return 1
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Make sure the services Depot needs answer on this machine:
+# Make sure the services Depot needs answer on this machine, and that the
+# git CLI (worker housekeeping, test upstreams) is installed:
 #   PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth)
 #   RabbitMQ   on 127.0.0.1:5672 (guest/guest)
 # Whatever already answers is left alone; whatever is missing is installed from
@@ -167,5 +168,16 @@ ensure_rabbitmq() {
     log "rabbitmq: answering on $AMQP_HOST:$AMQP_PORT"
 }
 
+# The worker's housekeeping runs the git CLI (and the test upstream runs
+# `git http-backend`).
+ensure_git() {
+    if command -v git >/dev/null; then
+        log "git: $(git --version)"
+        return
+    fi
+    apt_install git
+}
+
+ensure_git
 ensure_postgres
 ensure_rabbitmq

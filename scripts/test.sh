@@ -11,6 +11,11 @@ CARGO=${CARGO:-cargo}
 echo "+ cargo build --bins   (end-to-end tests run the real binaries)"
 $CARGO build --bins
 
+# Tests that drive Depot through Mesa's own Python clients (tests/python/)
+# share one virtualenv under target/; made here once, reused when current.
+echo "+ scripts/mesa-venv.sh   (Mesa's Python SDK for the end-to-end tests)"
+MESA_VENV=target/mesa-venv scripts/mesa-venv.sh
+
 rc=0
 if $CARGO nextest --version >/dev/null 2>&1; then
     echo "+ cargo nextest run (everything but disruptive_*)"

@@ -21,7 +21,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:${DEBIAN_RELEASE}-slim AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
+    # git: housekeeping of hosted repositories (repack, pack-refs, prune);
+    # the worker refuses to start without it.
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 git \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 depot \
     && useradd --system --uid 10001 --gid depot --no-create-home --shell /usr/sbin/nologin depot \

@@ -472,7 +472,20 @@ async fn scopes_and_orgs_decide_401_403_404() {
     )
     .await
     .unwrap();
-    let r = env.api("GET", "/v1/whoami", Some(&read), None).await;
+    // Gateways cache verified keys; a change reaches them within the
+    // revocation bound (1 s), by notification.
+    let refused_within_bound = |path: &'static str, key: String| {
+        let env = &env;
+        async move {
+            depot_e2e::eventually(std::time::Duration::from_secs(1), "the refusal", || async {
+                let r = env.api("GET", path, Some(&key), None).await;
+                Ok((r.0 == 401).then_some(r))
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let r = refused_within_bound("/v1/whoami", read.clone()).await;
     assert_error(&r, 401, "UNAUTHORIZED", None);
     let (_, me) = env.api("GET", "/v1/whoami", Some(&write), None).await;
     db.execute(
@@ -481,7 +494,7 @@ async fn scopes_and_orgs_decide_401_403_404() {
     )
     .await
     .unwrap();
-    let r = env.api("GET", "/v1/acme", Some(&write), None).await;
+    let r = refused_within_bound("/v1/acme", write.clone()).await;
     assert_error(&r, 401, "UNAUTHORIZED", None);
     // Keys are stored as hashes only.
     let n: i64 = db

@@ -1045,3 +1045,157 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
         assert!(text.contains(&format!("depot-{name}")), "{name}");
     }
 }
+
+/// Is `ip` inside `cidr` (`a.b.c.d/n` or an IPv6 `x::/n`)? Families differ:
+/// no.
+fn cidr_contains(cidr: &str, ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let (net, len) = cidr.split_once('/').unwrap_or((cidr, ""));
+    let net: IpAddr = net.parse().unwrap_or_else(|e| panic!("{cidr}: {e}"));
+    let (net, ip, bits) = match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => (u128::from(u32::from(n)), u128::from(u32::from(i)), 32),
+        (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), 128),
+        _ => return false,
+    };
+    let len: u32 = if len.is_empty() {
+        bits
+    } else {
+        len.parse().unwrap()
+    };
+    assert!(len <= bits, "{cidr}");
+    let shift = bits - len;
+    let mask = if shift >= 128 {
+        0
+    } else {
+        (u128::MAX << shift) & (u128::MAX >> (128 - bits))
+    };
+    net & mask == ip & mask
+}
+
+/// Could the rule's `ipBlock` peers reach `ip` (selectors aside)?
+fn ip_blocks_admit(rule: &Value, ip: std::net::IpAddr) -> bool {
+    rule["to"].as_array().unwrap().iter().any(|peer| {
+        let block = &peer["ipBlock"];
+        block.is_object()
+            && cidr_contains(block["cidr"].as_str().unwrap(), ip)
+            && !block["except"]
+                .as_array()
+                .map(|e| e.iter().any(|c| cidr_contains(c.as_str().unwrap(), ip)))
+                .unwrap_or(false)
+    })
+}
+
+fn rule_ports(rule: &Value) -> Vec<(String, u64)> {
+    rule["ports"]
+        .as_array()
+        .map(|ports| {
+            ports
+                .iter()
+                .map(|p| {
+                    (
+                        p["protocol"].as_str().unwrap_or("TCP").to_string(),
+                        p["port"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The worker's egress NetworkPolicy: DNS, Postgres, RabbitMQ and the OTLP
+/// collector on their ports, the public internet on any port, and never a
+/// private, loopback, link-local or metadata address for upstream traffic
+/// (the DNS-rebinding window the URL policy cannot close by itself).
+#[test]
+fn the_worker_egress_policy_admits_only_what_it_needs() {
+    let docs = load_all();
+    let policy = k8s(&docs, "NetworkPolicy", "depot-worker-egress");
+    assert_eq!(policy["apiVersion"], "networking.k8s.io/v1");
+    let worker = k8s(&docs, "Deployment", "depot-worker");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        worker["spec"]["template"]["metadata"]["labels"],
+        "the policy must select the worker pods"
+    );
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Egress"]));
+    let rules = policy["spec"]["egress"].as_array().unwrap();
+    for rule in rules {
+        assert!(
+            rule["to"].as_array().is_some_and(|t| !t.is_empty()),
+            "a rule without `to` admits every destination: {rule}"
+        );
+    }
+    let with_port = |proto: &str, port: u64| {
+        rules
+            .iter()
+            .find(|r| rule_ports(r).contains(&(proto.to_string(), port)))
+            .unwrap_or_else(|| panic!("no egress rule for {proto} {port}"))
+    };
+    let dns = with_port("UDP", 53);
+    assert!(rule_ports(dns).contains(&("TCP".into(), 53)));
+    assert_eq!(
+        dns["to"][0]["podSelector"]["matchLabels"]["k8s-app"], "kube-dns",
+        "DNS goes to the cluster resolver only"
+    );
+    for port in [5432, 5672] {
+        with_port("TCP", port);
+    }
+
+    let metadata = ["169.254.169.254", "fd00:ec2::254", "fd20:ce::254"];
+    let inside = [
+        "10.0.0.5",
+        "172.16.3.4",
+        "192.168.1.1",
+        "127.0.0.1",
+        "100.64.0.1",
+        "169.254.10.1",
+        "0.0.0.0",
+        "::1",
+        "fd00::1",
+        "fe80::1",
+        "fec0::1",
+        "2002:a00:5::1",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        "::ffff:10.0.0.5",
+    ];
+    let unrestricted: Vec<&Value> = rules.iter().filter(|r| r["ports"].is_null()).collect();
+    assert!(!unrestricted.is_empty(), "no internet egress rule");
+    for rule in &unrestricted {
+        for ip in metadata.iter().chain(&inside) {
+            assert!(
+                !ip_blocks_admit(rule, ip.parse().unwrap()),
+                "upstream traffic may reach {ip}: {rule}"
+            );
+        }
+        assert!(
+            rule["to"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|peer| peer["ipBlock"].is_object()),
+            "a rule on any port must not admit cluster pods by selector: {rule}"
+        );
+    }
+    for public in [
+        "140.82.112.3",
+        "8.8.8.8",
+        "2606:4700::1111",
+        "64:ff9b::8c52:7003",
+    ] {
+        assert!(
+            unrestricted
+                .iter()
+                .any(|r| ip_blocks_admit(r, public.parse().unwrap())),
+            "the public address {public} must be reachable"
+        );
+    }
+    // The metadata address is out of reach on every port, whatever the rule.
+    for rule in rules {
+        for ip in metadata.iter().take(1).chain(&["127.0.0.1"]) {
+            assert!(
+                !ip_blocks_admit(rule, ip.parse().unwrap()),
+                "{ip} reachable: {rule}"
+            );
+        }
+    }
+}

@@ -22,12 +22,15 @@ use std::time::{Duration, Instant};
 pub use depot_testkit::{GitHttpServer, GitServerOptions, fixture};
 
 pub mod ops;
+pub mod python;
 pub mod worker;
 
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// A fixed test-only credential key (base64 of 32 bytes).
 pub const CREDENTIAL_KEY: &str = "dGVzdC1vbmx5LWNyZWRlbnRpYWwta2V5LTMyYnl0ZXM=";
+/// [`CREDENTIAL_KEY`] decoded.
+pub const CREDENTIAL_KEY_BYTES: &[u8; 32] = b"test-only-credential-key-32bytes";
 
 /// Directory holding the workspace's binaries (target/debug).
 pub fn bin_dir() -> PathBuf {
@@ -259,10 +262,15 @@ impl TestEnv {
     }
 
     fn spawn(&self, binary: &str, label: &str) -> Result<Proc> {
+        self.spawn_with(binary, label, &[])
+    }
+
+    fn spawn_with(&self, binary: &str, label: &str, overrides: &[(&str, &str)]) -> Result<Proc> {
         let log = self.dir.path().join(format!("{label}.log"));
         let file = File::create(&log)?;
-        let child = self
-            .command(binary)?
+        let mut cmd = self.command(binary)?;
+        cmd.envs(overrides.iter().copied());
+        let child = cmd
             .stdout(file.try_clone()?)
             .stderr(file)
             .spawn()
@@ -303,8 +311,14 @@ impl TestEnv {
     }
 
     pub fn start_worker(&mut self) -> Result<usize> {
+        self.start_worker_with(&[])
+    }
+
+    /// Start a worker with some environment variables of its own (e.g. a
+    /// database URL through a fault-injecting proxy); returns its index.
+    pub fn start_worker_with(&mut self, overrides: &[(&str, &str)]) -> Result<usize> {
         let n = self.workers.len();
-        let proc = self.spawn("depot-worker", &format!("worker-{n}"))?;
+        let proc = self.spawn_with("depot-worker", &format!("worker-{n}"), overrides)?;
         self.workers.push(proc);
         Ok(n)
     }

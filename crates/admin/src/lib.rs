@@ -1,8 +1,10 @@
 //! `depot-admin`: the operator's CLI. Everything it does goes through
 //! `depot-store`, so it needs the database only.
 
+pub mod private_key;
+
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use depot_domain::Scope;
 use depot_secrets::KeyRing;
 use depot_settings::Settings;
@@ -29,7 +31,7 @@ pub enum Command {
         #[command(subcommand)]
         command: OrgCommand,
     },
-    /// API keys.
+    /// API keys and private keys.
     Key {
         #[command(subcommand)]
         command: KeyCommand,
@@ -45,8 +47,9 @@ pub enum Command {
 pub enum SecretsCommand {
     /// Re-encrypt every stored upstream credential under
     /// `secrets.credential_key`, reading old ones with
-    /// `secrets.previous_credential_keys`. Safe to run while the service
-    /// runs and to run again.
+    /// `secrets.previous_credential_keys`; credentials sealed before origin
+    /// binding are re-sealed bound to the origin of their row's URL. Safe
+    /// to run while the service runs and to run again.
     Rotate,
 }
 
@@ -63,20 +66,38 @@ pub enum OrgCommand {
     },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KeyKind {
+    /// A bearer API key with fixed scopes.
+    ApiKey,
+    /// An org-bound Ed25519 private key (Mesa's SDK): its holder signs
+    /// short-lived access tokens; the server keeps the public key only.
+    PrivateKey,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum KeyCommand {
-    /// Create an API key; prints it alone on the last line (shown only once).
+    /// Create a key; prints it alone on the last line (shown only once).
     Create {
         #[arg(long)]
         org: String,
-        /// Comma-separated: read, write, admin.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_enum, default_value = "api-key")]
+        kind: KeyKind,
+        /// API keys only. Comma-separated: read, write, admin.
+        #[arg(long, value_delimiter = ',', required_if_eq("kind", "api-key"))]
         scopes: Vec<String>,
         #[arg(long, default_value = "")]
         name: String,
     },
-    /// Revoke a key by id (`key_…`), effective immediately.
+    /// Revoke a key of either kind by id (`key_…`). Gateways refuse it
+    /// within `auth.revocation_bound_ms`.
     Revoke { id: String },
+    /// The org's keys of both kinds: id, kind, name, scopes, created,
+    /// revoked (never a secret).
+    List {
+        #[arg(long)]
+        org: String,
+    },
 }
 
 fn check_slug(slug: &str) -> anyhow::Result<()> {
@@ -95,11 +116,45 @@ fn check_slug(slug: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which configuration this invocation read, and how to pick another: the
+/// first thing to check when the database is not the expected one (the
+/// built-in default is `depot`; `make run` uses `depot_dev` from
+/// deploy/dev.toml).
+fn configuration_hint(flag: Option<&std::path::Path>) -> String {
+    let env_file = std::env::var_os("DEPOT_CONFIG").filter(|v| !v.is_empty());
+    let file = match (flag, &env_file) {
+        (Some(path), _) => format!("config file {} (--config)", path.display()),
+        (None, Some(path)) => format!(
+            "config file {} (DEPOT_CONFIG)",
+            PathBuf::from(path).display()
+        ),
+        (None, None) => "built-in defaults, no config file".to_string(),
+    };
+    let overridden = std::env::vars().any(|(k, _)| k.starts_with("DEPOT__DATABASE__"));
+    format!(
+        "configuration used: {file}{}; choose one with --config PATH or DEPOT_CONFIG \
+         (the `make run` setup: --config deploy/dev.toml, or `make admin ARGS='...'`)",
+        if overridden {
+            ", with DEPOT__DATABASE__* from the environment"
+        } else {
+            ""
+        }
+    )
+}
+
+/// The error first (what went wrong), the configuration on its own line.
+fn with_hint(e: anyhow::Error, hint: String) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}\n{hint}")
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(cli.config.as_deref())?;
+    let hint = || configuration_hint(cli.config.as_deref());
     let url = settings.database.url.expose();
     if let Command::Migrate = cli.command {
-        let applied = depot_store::migrate::run(url).await?;
+        let applied = depot_store::migrate::run(url)
+            .await
+            .map_err(|e| with_hint(anyhow::Error::from(e), hint()))?;
         if applied.is_empty() {
             println!("schema is up to date");
         }
@@ -115,7 +170,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             timeout: Duration::from_millis(settings.database.connect_timeout_ms),
         },
     )?;
-    let client = pool.get().await.context("cannot connect to the database")?;
+    let client = pool
+        .get()
+        .await
+        .context("cannot connect to the database")
+        .map_err(|e| with_hint(e, hint()))?;
     let client = &client;
     match cli.command {
         // Handled above, before a pool is needed.
@@ -137,7 +196,68 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Key {
-            command: KeyCommand::Create { org, scopes, name },
+            command:
+                KeyCommand::Create {
+                    org,
+                    kind: KeyKind::PrivateKey,
+                    scopes,
+                    name,
+                },
+        } => {
+            if !scopes.is_empty() {
+                bail!(
+                    "--scopes is for API keys: a private key's access tokens carry their own scopes"
+                );
+            }
+            let org = depot_store::orgs::by_slug(client, &org)
+                .await?
+                .with_context(|| format!("no org {org}"))?;
+            let key = private_key::generate(&org.slug)?;
+            let id = depot_store::keys::create_private_key(client, &org.id, &name, &key.public_key)
+                .await?;
+            println!(
+                "created private key {id} for org {} (shown once; the server keeps only its public key)",
+                org.slug
+            );
+            println!("{}", key.text);
+        }
+        Command::Key {
+            command: KeyCommand::List { org },
+        } => {
+            let org = depot_store::orgs::by_slug(client, &org)
+                .await?
+                .with_context(|| format!("no org {org}"))?;
+            let keys = depot_store::keys::list(client, &org.id).await?;
+            println!("id\tkind\tname\tscopes\tcreated\trevoked");
+            let time = |t: chrono::DateTime<chrono::Utc>| {
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            };
+            for k in keys {
+                let scopes = if k.scopes.is_empty() {
+                    "-".to_string()
+                } else {
+                    k.scopes.join(",")
+                };
+                let name = if k.name.is_empty() { "-" } else { &k.name };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.kind,
+                    name,
+                    scopes,
+                    time(k.created_at),
+                    k.revoked_at.map(time).unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        Command::Key {
+            command:
+                KeyCommand::Create {
+                    org,
+                    kind: KeyKind::ApiKey,
+                    scopes,
+                    name,
+                },
         } => {
             let scopes = scopes
                 .iter()
@@ -172,6 +292,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "re-encrypted {} credentials; {} already under the current key; {} changed concurrently (run again)",
                 report.rotated, report.current, report.raced
             );
+            if !report.not_for_their_url.is_empty() {
+                // Not fatal: no key makes these open, so waiting for a
+                // rotation to "finish" them would never end. Their syncs
+                // fail with credential_unreadable until auth is sent again.
+                eprintln!(
+                    "warning: {} credentials do not open for their repository and the origin of its URL \
+                     (altered, or the URL was changed outside the API); left as they are, send their \
+                     upstream.auth again: {}",
+                    report.not_for_their_url.len(),
+                    report.not_for_their_url.join(", ")
+                );
+            }
             if report.unreadable > 0 {
                 bail!(
                     "{} credentials are sealed under a key that is neither current nor previous; \
@@ -197,12 +329,19 @@ pub struct RotationReport {
     pub rotated: u64,
     pub current: u64,
     pub raced: u64,
+    /// Under a key the ring does not hold.
     pub unreadable: u64,
+    /// Repo ids whose credential does not open for the repository and the
+    /// origin of the URL stored beside it.
+    pub not_for_their_url: Vec<String>,
 }
 
 /// Walk every sealed credential and re-seal those not under the current
-/// key. Each row is replaced by compare-and-swap, so a concurrent PATCH is
-/// never overwritten with an older credential.
+/// key or not yet bound to an origin (crates/secrets: the legacy format is
+/// bound to the origin of the URL its row holds now, the only record of
+/// where it was meant to go). Each row is replaced by compare-and-swap on
+/// credential and URL, so a concurrent PATCH is never overwritten with an
+/// older credential or one bound to the old origin.
 pub async fn rotate_credentials(
     client: &impl depot_store::GenericClient,
     ring: &KeyRing,
@@ -211,19 +350,30 @@ pub async fn rotate_credentials(
     let mut after = String::new();
     loop {
         let page = depot_store::credentials::page(client, &after, 200).await?;
-        let Some((last, _)) = page.last() else { break };
-        after = last.clone();
-        for (repo_id, sealed) in page {
-            if !ring.needs_rotation(&sealed) {
+        let Some(last) = page.last() else { break };
+        after = last.repo_id.clone();
+        for row in page {
+            if !ring.needs_rotation(&row.credential) {
                 report.current += 1;
                 continue;
             }
-            let Ok(credential) = ring.open_credential(&sealed, &repo_id) else {
-                report.unreadable += 1;
+            let Some(origin) = depot_domain::policy::origin(&row.url) else {
+                report.not_for_their_url.push(row.repo_id);
                 continue;
             };
-            let resealed = ring.seal_credential(&credential, &repo_id)?;
-            if depot_store::credentials::replace(client, &repo_id, &sealed, &resealed).await? {
+            let credential = match ring.open_credential(&row.credential, &row.repo_id, &origin) {
+                Ok(c) => c,
+                Err(depot_secrets::SecretError::WrongKey) => {
+                    report.unreadable += 1;
+                    continue;
+                }
+                Err(_) => {
+                    report.not_for_their_url.push(row.repo_id);
+                    continue;
+                }
+            };
+            let resealed = ring.seal_credential(&credential, &row.repo_id, &origin)?;
+            if depot_store::credentials::replace(client, &row, &resealed).await? {
                 report.rotated += 1;
             } else {
                 report.raced += 1;

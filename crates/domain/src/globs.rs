@@ -125,7 +125,7 @@ fn compile_one(field: &'static str, globs: &str) -> Result<GlobSet, GlobError> {
             .map_err(|e| GlobError::Invalid {
                 field,
                 pattern: pattern.to_string(),
-                reason: e.kind().to_string(),
+                reason: glob_reason(e.kind()),
             })?;
         builder.add(glob);
     }
@@ -134,6 +134,22 @@ fn compile_one(field: &'static str, globs: &str) -> Result<GlobSet, GlobError> {
         pattern: globs.to_string(),
         reason: e.to_string(),
     })
+}
+
+/// Why a pattern does not compile, in the API's terms. A brace is almost
+/// always an attempt at `{a,b}` alternation, which the comma split has
+/// already cut into `{a` and `b}`: globset's own text ("unclosed alternate
+/// group") would send the caller looking for a missing brace.
+fn glob_reason(kind: &globset::ErrorKind) -> String {
+    use globset::ErrorKind::*;
+    match kind {
+        UnclosedAlternates | UnopenedAlternates | NestedAlternates => {
+            "`{…}` alternation is not supported: separate patterns with commas \
+             (\"a,b\" instead of \"{a,b}\"), and write a literal brace as [{] or [}]"
+                .to_string()
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Which namespace a full ref name is in.
@@ -239,8 +255,6 @@ mod tests {
     fn bad_globs_name_their_field() {
         let e = RefGlobs::normalize(input(Some("main"), Some("v[1"))).unwrap_err();
         assert_eq!(e.field(), "ref_globs.tags");
-        let e = RefGlobs::normalize(input(Some("{a,b}"), None)).unwrap_err();
-        assert_eq!(e.field(), "ref_globs.branches");
         let long = "a".repeat(MAX_GLOB_BYTES + 1);
         let e = RefGlobs::normalize(input(Some(&long), None)).unwrap_err();
         assert_eq!(
@@ -259,5 +273,23 @@ mod tests {
                 field: "ref_globs.tags"
             }
         );
+    }
+
+    #[test]
+    fn brace_alternation_is_refused_with_commas_as_the_way() {
+        for globs in ["{a,b}", "release/{1,2}", "a}"] {
+            let e = RefGlobs::normalize(input(Some(globs), None)).unwrap_err();
+            assert_eq!(e.field(), "ref_globs.branches");
+            let text = e.to_string();
+            assert!(text.contains("alternation is not supported"), "{text}");
+            assert!(text.contains("separate patterns with commas"), "{text}");
+            assert!(!text.contains("maybe escape"), "{text}");
+        }
+        // The escape the message offers does work.
+        let m = RefGlobs::normalize(input(Some("[{]x[}]"), None))
+            .unwrap()
+            .compile()
+            .unwrap();
+        assert!(m.matches("refs/heads/{x}"));
     }
 }

@@ -4,7 +4,7 @@
 //! [`is_forbidden_ip`] about every address.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use url::{Host, Url};
+use url::{Host, Origin, Url};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
@@ -65,6 +65,19 @@ pub fn literal_ip(url: &Url) -> Option<IpAddr> {
     }
 }
 
+/// The origin a stored credential is bound to: scheme, host and port, the
+/// port always written out so that `https://h/x` and `https://h:443/y` are
+/// one origin. Hosts come normalised by the URL parser (lower case,
+/// punycode, canonical IP spelling). `None` when the URL has no such origin
+/// (unparsable, or a scheme without a host and default port): a credential
+/// can then be bound to nothing and must never be sent.
+pub fn origin(raw: &str) -> Option<String> {
+    match Url::parse(raw).ok()?.origin() {
+        Origin::Tuple(scheme, host, port) => Some(format!("{scheme}://{host}:{port}")),
+        Origin::Opaque(_) => None,
+    }
+}
+
 /// What the address half of the policy must look at for `url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -98,18 +111,48 @@ pub fn check_addresses(addrs: &[IpAddr]) -> Result<(), PolicyError> {
 }
 
 /// Loopback, private, link-local (including the cloud metadata address),
-/// CGNAT, unique-local, multicast, unspecified, documentation and other
-/// reserved ranges; IPv4-mapped and -compatible IPv6 are judged as IPv4.
+/// CGNAT, unique-local, site-local, Teredo, multicast, unspecified,
+/// documentation and other reserved ranges. IPv6 forms that carry an IPv4
+/// address the network will end up connecting to (mapped, NAT64, 6to4,
+/// IPv4-compatible) are judged as that IPv4 address.
 pub fn is_forbidden_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => forbidden_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return forbidden_v4(v4);
-            }
-            forbidden_v6(v6)
-        }
+        IpAddr::V6(v6) => match embedded_ipv4(v6) {
+            Some(v4) => forbidden_v4(v4),
+            None => forbidden_v6(v6),
+        },
     }
+}
+
+/// The IPv4 address an IPv6 address is translated or tunnelled to, for the
+/// forms where that address is where the packets really go:
+/// - IPv4-mapped `::ffff:a.b.c.d` (the local stack speaks IPv4);
+/// - NAT64 well-known prefix `64:ff9b::a.b.c.d` (RFC 6052): a NAT64 gateway
+///   forwards to the IPv4 address, so `64:ff9b::10.0.0.1` is 10.0.0.1. Judged
+///   rather than refused outright because DNS64 networks answer every
+///   IPv4-only host (github.com among them) with exactly such an address;
+/// - 6to4 `2002:AABB:CCDD::/48` (RFC 3056): tunnelled to A.B.C.D.
+///
+/// Teredo (`2001::/32`) also embeds IPv4 addresses, but obfuscated and of a
+/// relay and a NAT, not of the host: it is refused whole in [`forbidden_v6`].
+pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let seg = ip.segments();
+    let from = |hi: u16, lo: u16| {
+        let [a, b] = hi.to_be_bytes();
+        let [c, d] = lo.to_be_bytes();
+        Ipv4Addr::new(a, b, c, d)
+    };
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(from(seg[6], seg[7]));
+    }
+    if seg[0] == 0x2002 {
+        return Some(from(seg[1], seg[2]));
+    }
+    None
 }
 
 fn forbidden_v4(ip: Ipv4Addr) -> bool {
@@ -124,6 +167,7 @@ fn forbidden_v4(ip: Ipv4Addr) -> bool {
         || a == 0
         || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64/10
         || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast (RFC 7526)
         || (a == 198 && (b == 18 || b == 19)) // benchmarking
         || a >= 240 // reserved
 }
@@ -135,8 +179,13 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
         || ip.is_multicast()
         || (seg[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
         || (seg[0] & 0xffc0) == 0xfe80 // link local fe80::/10
+        || (seg[0] & 0xffc0) == 0xfec0 // site local fec0::/10 (deprecated, still routed inside sites)
+        || (seg[0] == 0x2001 && seg[1] == 0) // Teredo 2001::/32
         || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
-        || (seg[0] == 0x64 && seg[1] == 0xff9b) // NAT64 reaches IPv4 space
+        // NAT64 outside the well-known /96 (local-use 64:ff9b:1::/48, RFC
+        // 8215): the IPv4 address sits where the operator chose, so it
+        // cannot be judged.
+        || (seg[0] == 0x64 && seg[1] == 0xff9b)
         // IPv4-compatible (deprecated) ::a.b.c.d
         || (seg[..6].iter().all(|s| *s == 0) && forbidden_v4(Ipv4Addr::new(
             (seg[6] >> 8) as u8, seg[6] as u8, (seg[7] >> 8) as u8, seg[7] as u8)))
@@ -186,10 +235,24 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "224.0.0.1",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::169.254.169.254",
+            "64:ff9b:1::808:808",
+            "fec0::1",
+            "feff::1",
         ] {
             assert!(is_forbidden_ip(bad.parse().unwrap()), "{bad}");
         }
-        for good in ["140.82.112.3", "2606:4700::1111", "8.8.8.8"] {
+        for good in [
+            "140.82.112.3",
+            "2606:4700::1111",
+            "8.8.8.8",
+            "64:ff9b::140.82.112.3",
+            "2002:8c52:7003::1",
+        ] {
             assert!(!is_forbidden_ip(good.parse().unwrap()), "{good}");
         }
     }
@@ -208,6 +271,33 @@ mod tests {
         assert_eq!(target(&url), Target::Resolve("github.com".into(), 8443));
         let url = check_syntax("https://[::1]/r", &https()).unwrap();
         assert_eq!(target(&url), Target::Literal("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn origins_normalise_default_ports_and_ignore_paths() {
+        let o = |raw: &str| origin(raw);
+        assert_eq!(
+            o("https://Git.Example.com/a.git").as_deref(),
+            Some("https://git.example.com:443")
+        );
+        assert_eq!(
+            o("https://git.example.com/a.git"),
+            o("https://git.example.com:443/b/c.git")
+        );
+        assert_eq!(o("http://h/x"), o("http://h:80/y"));
+        assert_ne!(o("https://h/x"), o("https://h:8443/x"));
+        assert_ne!(o("https://h/x"), o("http://h:443/x"));
+        assert_ne!(o("https://h/x"), o("https://h.example/x"));
+        assert_eq!(
+            o("https://[::1]:8443/r").as_deref(),
+            Some("https://[::1]:8443")
+        );
+        assert_eq!(
+            o("https://0x7f000001/r").as_deref(),
+            Some("https://127.0.0.1:443")
+        );
+        assert_eq!(o("ssh://h/r"), None);
+        assert_eq!(o("not a url"), None);
     }
 
     #[test]

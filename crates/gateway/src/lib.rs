@@ -1,14 +1,18 @@
-//! `depot-gateway`: the public HTTP API (API.md). Stateless: every request
+//! `depot-gateway`: the public HTTP API (API.md). Stateless but for a cache
+//! of verified credentials (kept current by `LISTEN/NOTIFY`): every request
 //! reads and writes Postgres; accepted syncs are published to RabbitMQ as
 //! jobs, through the transactional outbox so that none is lost.
 
 pub mod auth;
+pub mod credential_cache;
+pub mod credential_listener;
 pub mod error;
 pub mod json;
 pub mod metrics;
 pub mod pagination;
 pub mod policy;
 pub mod routes;
+pub mod token;
 pub mod views;
 
 use actix_web::dev::Server;
@@ -25,6 +29,7 @@ pub struct AppState {
     pub pool: Pool,
     pub broker: Arc<BrokerHandle>,
     pub credential_key: CredentialKey,
+    pub credentials: Arc<credential_cache::CredentialCache>,
     pub settings: Settings,
 }
 
@@ -39,6 +44,14 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let key = settings.credential_key()?;
         let pool = depot_store::pool::from_settings(&settings.database)?;
+        let listener_config: tokio_postgres::Config = settings
+            .database
+            .url
+            .expose()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
+        let credentials = Arc::new(credential_cache::CredentialCache::new(&settings.auth));
+        credential_listener::spawn(listener_config, credentials.clone());
         let broker = BrokerHandle::spawn(BrokerOptions::from_settings(
             &settings.amqp,
             "depot-gateway".into(),
@@ -53,6 +66,7 @@ impl Application {
             pool,
             broker,
             credential_key: CredentialKey::new(&key),
+            credentials,
             settings,
         });
         let mut server = HttpServer::new(move || {

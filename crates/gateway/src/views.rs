@@ -1,7 +1,7 @@
-//! Public JSON shapes (API.md), built from store records.
+//! Public JSON shapes (docs/api.md), built from store records.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use depot_domain::head_change_id;
+use depot_domain::{SyncStatus, head_change_id};
 use depot_store::repos::Repo;
 use depot_store::syncs::SyncRecord;
 use serde_json::{Value, json};
@@ -15,7 +15,16 @@ fn opt_time(t: Option<DateTime<Utc>>) -> Value {
     t.map(time).unwrap_or(Value::Null)
 }
 
+/// A sync as Mesa's API defines it, plus two extension fields (Mesa's
+/// clients keep unknown fields: `mesa_rest` in `additional_properties`, the
+/// SDK's webhook models ignore them). `error` and `started_at` stay null on a
+/// queued sync, as Mesa's models require; what a retrying sync waits for is
+/// in `last_attempt_error` and `next_attempt_at` instead.
 pub fn sync(s: &SyncRecord) -> Value {
+    let next_attempt_at = match s.status {
+        SyncStatus::Queued => s.not_before,
+        _ => None,
+    };
     json!({
         "id": s.id,
         "repo_id": s.repo_id,
@@ -28,6 +37,8 @@ pub fn sync(s: &SyncRecord) -> Value {
         "created_at": time(s.created_at),
         "started_at": opt_time(s.started_at),
         "finished_at": opt_time(s.finished_at),
+        "last_attempt_error": s.last_attempt_error,
+        "next_attempt_at": opt_time(next_attempt_at),
     })
 }
 

@@ -7,11 +7,15 @@
 //! entry points also catch panics raised inside git2's FFI callbacks (it
 //! unwraps non-UTF-8 strings there) and report them as an error.
 //!
+//! `housekeeping` keeps hosted repositories' object stores in shape (it runs
+//! the `git` CLI, which libgit2 cannot replace there).
+//!
 //! Process-wide side effect: libgit2's `http`/`https` transports are
 //! replaced by this crate's ([`install_transport`], run at worker start and
 //! again, as a no-op, by every run; see `transport`).
 
 mod error;
+pub mod housekeeping;
 mod net;
 mod pull;
 mod push;
@@ -67,9 +71,14 @@ pub struct RunSpec<'a> {
     pub url: &'a str,
     pub credentials: Option<&'a Credentials>,
     pub matcher: &'a RefMatcher,
-    /// Names the quarantine namespace `refs/depot/incoming/<sync_id>/`;
-    /// ASCII letters, digits, `-` and `_` only.
+    /// The sync this run belongs to; ASCII letters, digits, `-` and `_`
+    /// only.
     pub sync_id: &'a str,
+    /// The run's attempt (its fencing token): quarantines are per attempt,
+    /// `refs/depot/incoming/<sync_id>/a<attempt>/`, and a run never clears
+    /// a newer attempt's, so a stale run cannot pull a newer run's fetched
+    /// values from under it.
+    pub attempt: u32,
     /// Wall-clock cap; network work stops once it has passed
     /// (`Transient("timeout")`).
     pub deadline: Instant,

@@ -322,6 +322,7 @@ mod tests {
             credentials: None,
             matcher: &matcher,
             sync_id: "s",
+            attempt: 1,
             deadline: Instant::now() - std::time::Duration::from_secs(1),
             cancel: Some(&flag),
             max_pack_bytes: None,

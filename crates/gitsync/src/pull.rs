@@ -1,5 +1,22 @@
-//! upstream -> hosted: fetch into a quarantine namespace, then move each
-//! hosted ref with compare-and-swap.
+//! upstream -> hosted: download the objects the hosted repository lacks,
+//! then move each hosted ref once, with compare-and-swap on the value the
+//! decision was based on.
+//!
+//! Invariants (docs/sync-semantics.md):
+//! - a hosted ref is written at most once per run, and only after the
+//!   objects of its new value are in the object store;
+//! - only creates (create-only) and fast-forwards (CAS) are written: tags
+//!   never move, nothing is deleted, a concurrent writer is never
+//!   overwritten;
+//! - one ref that cannot be applied never fails the others.
+//!
+//! No quarantine refs: libgit2's `Remote::download` negotiates and indexes
+//! the pack without `update_tips`, and the advertised id of each ref is the
+//! value to apply (the server sent the objects it needs). Between the
+//! download and a ref write, the new objects are unreachable; they are safe
+//! because housekeeping (`crate::housekeeping`) runs only under the
+//! repository's run lock and prunes only objects older than a grace period
+//! longer than any run.
 
 use depot_domain::{Outcome, RefKind, RefStat};
 use git2::{ErrorCode, ObjectType, Odb, Oid, Repository};
@@ -10,13 +27,19 @@ use crate::net::{Guard, check_url, is_valid_ref_name, list_remote, open_existing
 
 const REFLOG_MSG: &str = "depot-sync: pull";
 
-/// Above this many refs to fetch, fetch with two wildcard refspecs instead of
-/// one refspec per ref: libgit2 matches refspecs against the advertisement
-/// in quadratic time, and with thousands of refs the pause before it sends
-/// its wants outlasts the server's keep-alive (the transfer then fails with
-/// a broken pipe). The wildcard also fetches unmatched refs' objects; the
-/// quarantine is cleared afterwards either way.
+/// Above this many refs to fetch, negotiate with two wildcard refspecs
+/// instead of one refspec per ref: libgit2 matches refspecs against the
+/// advertisement in quadratic time, and with thousands of refs the pause
+/// before it sends its wants outlasts the server's keep-alive (the transfer
+/// then fails with a broken pipe). The wildcard also downloads unmatched
+/// refs' objects; they stay unreachable and housekeeping prunes them once
+/// they are older than its grace period.
 const WILDCARD_FETCH_ABOVE: usize = 256;
+
+/// A run that wrote at least this many refs packs the hosted repository's
+/// refs before it ends, so later runs (and clones) read one `packed-refs`
+/// file instead of thousands of loose ones.
+const PACK_REFS_AFTER_WRITES: usize = 64;
 
 pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     check_url(spec.url)?;
@@ -32,10 +55,10 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     if let Some(branch) = spec.default_branch {
         crate::repo::point_head(&repo, branch)?;
     }
-    // Crashed earlier runs (of this sync or another one) may have left
-    // quarantine refs behind.
-    crate::repo::clear_all_quarantines(&repo);
-    let quarantine = Quarantine::new(&repo, spec.sync_id);
+    // Runs of earlier versions fetched through `refs/depot/incoming/`; a
+    // crashed one may have left some behind (a newer attempt's are spared).
+    guard.check()?;
+    crate::repo::clear_all_quarantines(&repo, spec.sync_id, spec.attempt);
 
     // Both option sets outlive `remote`: libgit2 keeps pointers to their
     // callbacks in the connected transport.
@@ -82,45 +105,54 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
         .map(|(name, _, _)| name.as_str())
         .collect();
     if !to_fetch.is_empty() {
+        // The refspecs only select what to want: `download` never writes a
+        // ref (no `update_tips`, no FETCH_HEAD). libgit2 refuses a pattern
+        // without a destination, hence the (unused) identity mapping.
         let refspecs: Vec<String> = if to_fetch.len() > WILDCARD_FETCH_ABOVE {
-            ["heads", "tags"]
-                .iter()
-                .map(|ns| {
-                    format!(
-                        "+refs/{ns}/*:{}",
-                        quarantine.name_for(&format!("refs/{ns}/*"))
-                    )
-                })
-                .collect()
+            vec![
+                "refs/heads/*:refs/heads/*".into(),
+                "refs/tags/*:refs/tags/*".into(),
+            ]
         } else {
-            to_fetch
-                .iter()
-                .map(|name| format!("+{name}:{}", quarantine.name_for(name)))
-                .collect()
+            to_fetch.iter().map(|name| (*name).to_owned()).collect()
         };
         guard.check()?;
         remote
-            .fetch(&refspecs, Some(&mut fetch_opts), Some("depot-sync: fetch"))
+            .download(&refspecs, Some(&mut fetch_opts))
             .map_err(|e| guard.error_from(&e))?;
+        // Closes the connection now rather than when `remote` drops after
+        // the (possibly long) ref writes.
+        if let Err(e) = remote.disconnect() {
+            tracing::debug!(error = %e.message(), "disconnecting from the upstream failed");
+        }
     }
     drop(remote);
 
+    let mut written = 0usize;
     for (name, kind, advertised_oid) in wanted {
         guard.check()?;
-        let upstream = repo
-            .find_reference(&quarantine.name_for(&name))
-            .ok()
-            .and_then(|r| r.target())
-            .unwrap_or(advertised_oid);
-        if !odb.exists(upstream) {
+        if !odb.exists(advertised_oid) {
             return Err(SyncError::transient("fetch_incomplete"));
         }
-        stats.push(apply(&repo, &odb, &name, kind, upstream)?);
+        let stat = apply(&repo, &odb, &name, kind, advertised_oid)?;
+        if stat.outcome == Outcome::Updated {
+            written += 1;
+        }
+        stats.push(stat);
+    }
+    drop(odb);
+    drop(repo);
+    if written >= PACK_REFS_AFTER_WRITES {
+        // Best effort: the refs are written either way; housekeeping packs
+        // them later if this fails (e.g. no git CLI).
+        if let Err(e) = crate::housekeeping::pack_refs(spec.repo_path, spec.cancel) {
+            tracing::warn!(error = %e, "packing refs after the pull failed");
+        }
     }
     Ok(stats)
 }
 
-/// The quarantine id becomes a ref path component: keep it boring.
+/// The sync id names the run in logs and paths: keep it boring.
 fn check_sync_id(id: &str) -> Result<(), SyncError> {
     let ok = !id.is_empty()
         && id.len() <= 128
@@ -233,59 +265,6 @@ fn apply(
         };
     }
     Ok(stat(last_seen, Outcome::Rejected).with_reason(CONCURRENT_UPDATE))
-}
-
-/// `refs/depot/incoming/<sync_id>/...`: where fetched values wait, so that
-/// their objects are reachable (safe from gc) while hosted refs are decided.
-/// Emptied on creation and on drop, i.e. also when the run fails.
-struct Quarantine<'r> {
-    repo: &'r Repository,
-    prefix: String,
-}
-
-impl<'r> Quarantine<'r> {
-    fn new(repo: &'r Repository, sync_id: &str) -> Self {
-        Quarantine {
-            repo,
-            prefix: format!("refs/depot/incoming/{sync_id}/"),
-        }
-    }
-
-    fn name_for(&self, full: &str) -> String {
-        format!(
-            "{}{}",
-            self.prefix,
-            full.strip_prefix("refs/").unwrap_or(full)
-        )
-    }
-
-    fn clear(&self) {
-        let names: Vec<String> = match self.repo.references_glob(&format!("{}*", self.prefix)) {
-            Ok(iter) => iter
-                .filter_map(Result::ok)
-                .filter_map(|r| r.name().map(str::to_owned))
-                .filter(|n| n.starts_with(&self.prefix))
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e.message(), "listing quarantine refs failed");
-                return;
-            }
-        };
-        for name in names {
-            let deleted = self.repo.find_reference(&name).and_then(|mut r| r.delete());
-            if let Err(e) = deleted
-                && e.code() != ErrorCode::NotFound
-            {
-                tracing::warn!(ref_name = %name, error = %e.message(), "deleting quarantine ref failed");
-            }
-        }
-    }
-}
-
-impl Drop for Quarantine<'_> {
-    fn drop(&mut self) {
-        self.clear();
-    }
 }
 
 #[cfg(test)]

@@ -44,17 +44,38 @@ pub(crate) fn point_head(repo: &Repository, branch: &str) -> Result<(), SyncErro
     repo.set_head(&target).map_err(|e| classify(&e))
 }
 
-/// Delete every ref under `refs/depot/incoming/`: quarantines of earlier
-/// runs that crashed before cleaning up after themselves. Only one run per
-/// repository runs at a time, so none of them belongs to a live run (a
-/// fenced-out zombie run that loses its quarantine ref falls back to the
-/// advertised value, whose objects it has fetched already).
-pub(crate) fn clear_all_quarantines(repo: &Repository) {
+/// Where one attempt of one sync quarantined fetched values (runs of
+/// earlier versions; pulls no longer write quarantine refs).
+#[cfg(test)]
+fn quarantine_prefix(sync_id: &str, attempt: u32) -> String {
+    format!("refs/depot/incoming/{sync_id}/a{attempt}/")
+}
+
+/// Whether `name` lies in a quarantine of `sync_id` newer than `attempt`.
+fn is_newer_attempt(name: &str, sync_id: &str, attempt: u32) -> bool {
+    name.strip_prefix("refs/depot/incoming/")
+        .and_then(|rest| rest.strip_prefix(sync_id))
+        .and_then(|rest| rest.strip_prefix("/a"))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|n| n > attempt)
+}
+
+/// Delete the refs under `refs/depot/incoming/` left by runs that crashed
+/// before cleaning up after themselves, except a newer attempt's of the
+/// same sync (`attempt` of `sync_id` is the caller's): a run that went
+/// stale (its lease handed on) must never clear the quarantine of the run
+/// that replaced it. Only one run per repository holds a lease at a time,
+/// so the others belong to no live run (a fenced-out zombie run that loses
+/// its quarantine ref falls back to the advertised value, whose objects it
+/// has fetched already).
+pub(crate) fn clear_all_quarantines(repo: &Repository, sync_id: &str, attempt: u32) {
     let names: Vec<String> = match repo.references_glob("refs/depot/incoming/*") {
         Ok(iter) => iter
             .filter_map(Result::ok)
             .filter_map(|r| r.name().map(str::to_owned))
             .filter(|n| n.starts_with("refs/depot/incoming/"))
+            .filter(|n| !is_newer_attempt(n, sync_id, attempt))
             .collect(),
         Err(e) => {
             tracing::warn!(error = %e.message(), "listing quarantine refs failed");
@@ -149,4 +170,20 @@ pub(crate) fn branch_tip(path: &Path, branch: &str) -> Result<Option<String>, Sy
     };
     // A branch at a non-commit (or a dangling symbolic one) has no tip commit.
     Ok(reference.peel_to_commit().ok().map(|c| c.id().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_newer_attempt_of_the_same_sync_is_spared() {
+        let q = |id, n| format!("{}heads/main", quarantine_prefix(id, n));
+        assert!(is_newer_attempt(&q("s1", 3), "s1", 2));
+        assert!(!is_newer_attempt(&q("s1", 2), "s1", 2));
+        assert!(!is_newer_attempt(&q("s1", 1), "s1", 2));
+        assert!(!is_newer_attempt(&q("s10", 3), "s1", 2));
+        assert!(!is_newer_attempt(&q("s2", 9), "s1", 2));
+        assert!(!is_newer_attempt("refs/depot/incoming/s1/heads/x", "s1", 2));
+    }
 }

@@ -76,6 +76,7 @@ fn spec<'a>(e: &'a Env, matcher: &'a RefMatcher) -> RunSpec<'a> {
         credentials: None,
         matcher,
         sync_id: "0192f0c4-7a7b-7cc2-9a0e-2b8e2d1f0a11",
+        attempt: 1,
         deadline: Instant::now() + Duration::from_secs(120),
         cancel: None,
         max_pack_bytes: None,

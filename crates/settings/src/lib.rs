@@ -25,6 +25,9 @@ const DEFAULTS: &str = r#"
 url = "postgres://postgres@127.0.0.1:5432/depot"
 pool_size = 16
 connect_timeout_ms = 3000
+statement_timeout_ms = 30000
+lock_timeout_ms = 5000
+idle_in_transaction_timeout_ms = 60000
 
 [amqp]
 url = "amqp://guest:guest@127.0.0.1:5672/%2f"
@@ -37,6 +40,12 @@ listen = "127.0.0.1:8080"
 max_body_bytes = 65536
 workers = 0
 shutdown_seconds = 30
+idempotency_retention_hours = 24
+
+[auth]
+cache_seconds = 60
+revocation_bound_ms = 1000
+cache_capacity = 100000
 
 [storage]
 root = "./data/repos"
@@ -52,6 +61,25 @@ relay_interval_ms = 1000
 requeue_after_seconds = 120
 metrics_listen = "127.0.0.1:9090"
 max_runs_per_org = 16
+claim_lock_timeout_ms = 1000
+republish_max_per_tick = 100
+
+[maintenance]
+interval_seconds = 300
+batch_size = 1000
+sync_history_keep = 100
+sync_history_days = 90
+
+[housekeeping]
+enabled = true
+max_packs = 8
+max_loose_refs = 256
+max_loose_objects = 1024
+prune_grace_seconds = 3600
+prune_interval_hours = 24
+idle_seconds = 3600
+repos_per_tick = 8
+time_limit_seconds = 1200
 
 [upstream]
 allowed_schemes = ["https"]
@@ -106,8 +134,11 @@ pub struct Settings {
     pub database: Database,
     pub amqp: Amqp,
     pub gateway: Gateway,
+    pub auth: Auth,
     pub storage: Storage,
     pub worker: Worker,
+    pub maintenance: Maintenance,
+    pub housekeeping: Housekeeping,
     pub upstream: Upstream,
     pub secrets: Secrets,
     pub telemetry: Telemetry,
@@ -120,6 +151,13 @@ pub struct Database {
     pub url: Secret,
     pub pool_size: usize,
     pub connect_timeout_ms: u64,
+    /// Session limits of every pooled connection (Postgres's
+    /// `statement_timeout`, `lock_timeout`,
+    /// `idle_in_transaction_session_timeout`): no wait on the database is
+    /// unbounded.
+    pub statement_timeout_ms: u64,
+    pub lock_timeout_ms: u64,
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +181,79 @@ pub struct Gateway {
     pub workers: usize,
     /// On SIGTERM, how long in-flight requests may take to finish.
     pub shutdown_seconds: u64,
+    /// How long the first response to an `Idempotency-Key` is replayed; the
+    /// worker's maintenance task deletes older keys.
+    pub idempotency_retention_hours: u64,
+}
+
+impl Gateway {
+    pub fn idempotency_retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.idempotency_retention_hours.saturating_mul(3600))
+    }
+}
+
+/// The worker's periodic maintenance task: retention of tables that would
+/// otherwise only grow, and scheduling of housekeeping.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Maintenance {
+    /// Time between two passes of the task (each worker runs one).
+    pub interval_seconds: u64,
+    /// Rows deleted per statement; a pass repeats until a batch comes back
+    /// short.
+    pub batch_size: u32,
+    /// Sync history kept per repository: at least the newest this many...
+    pub sync_history_keep: u32,
+    /// ...and every sync finished less than this many days ago (0: only
+    /// the newest `sync_history_keep`).
+    pub sync_history_days: u32,
+}
+
+/// Housekeeping of hosted repositories' git data (crates/gitsync
+/// `housekeeping`): after pulls, and from the maintenance task for
+/// repositories not looked at for `idle_seconds`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Housekeeping {
+    /// Off: no repacking or pruning at all (packs then accumulate).
+    pub enabled: bool,
+    /// More packs than this: geometric repack.
+    pub max_packs: usize,
+    /// More loose refs than this: pack refs.
+    pub max_loose_refs: usize,
+    /// More loose objects than this (estimated): geometric repack.
+    pub max_loose_objects: usize,
+    /// Unreachable objects, temporary files and locks are removed only once
+    /// this old; at least `upstream.timeout_seconds + worker.lease_seconds`,
+    /// so nothing a run (even one that lost its lease) may still need goes.
+    pub prune_grace_seconds: u64,
+    /// Pruning rewrites every pack: at most this often per repository.
+    pub prune_interval_hours: u64,
+    /// The maintenance task looks at repositories not looked at for this
+    /// long.
+    pub idle_seconds: u64,
+    /// Repositories the maintenance task looks at per pass.
+    pub repos_per_tick: u32,
+    /// Cap on one repository's housekeeping; a git command still running
+    /// then is killed.
+    pub time_limit_seconds: u64,
+}
+
+/// The gateway's cache of verified credentials (docs/operations.md,
+/// "Credential cache").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// Longest a verified key is trusted without reading it again, even
+    /// while revocations arrive by notification.
+    pub cache_seconds: u64,
+    /// A revoked or deleted key is refused by every gateway within this
+    /// long: while the gateway's listener is not confirmed up, cached
+    /// entries older than this are read again.
+    pub revocation_bound_ms: u64,
+    /// Most keys cached per gateway process; beyond it keys are verified
+    /// against the database on every request.
+    pub cache_capacity: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -170,6 +281,13 @@ pub struct Worker {
     /// Syncs of one org running at once across all workers (0 = no limit),
     /// so one org's burst cannot take every worker.
     pub max_runs_per_org: u32,
+    /// How long a claim waits for the repository's or org's row lock
+    /// before it gives its permit back and defers the job (no attempt
+    /// spent); shorter than `database.lock_timeout_ms`, so one busy org
+    /// cannot hold every permit of a worker.
+    pub claim_lock_timeout_ms: u64,
+    /// Most lost messages the relay of one worker publishes again per tick.
+    pub republish_max_per_tick: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,6 +398,30 @@ impl Settings {
         positive(self.worker.max_attempts.into(), "worker.max_attempts")?;
         positive(self.worker.retry_base_ms, "worker.retry_base_ms")?;
         positive(self.worker.lease_seconds, "worker.lease_seconds")?;
+        // 0 would switch Postgres's limit off: every wait must stay bounded.
+        positive(
+            self.database.statement_timeout_ms,
+            "database.statement_timeout_ms",
+        )?;
+        positive(self.database.lock_timeout_ms, "database.lock_timeout_ms")?;
+        positive(
+            self.database.idle_in_transaction_timeout_ms,
+            "database.idle_in_transaction_timeout_ms",
+        )?;
+        positive(
+            self.worker.claim_lock_timeout_ms,
+            "worker.claim_lock_timeout_ms",
+        )?;
+        positive(
+            self.worker.republish_max_per_tick.into(),
+            "worker.republish_max_per_tick",
+        )?;
+        if self.worker.claim_lock_timeout_ms > self.database.lock_timeout_ms {
+            return Err(SettingsError::key(
+                "worker.claim_lock_timeout_ms",
+                "must not be above database.lock_timeout_ms",
+            ));
+        }
         positive(self.upstream.timeout_seconds, "upstream.timeout_seconds")?;
         positive(self.upstream.max_refs as u64, "upstream.max_refs")?;
         positive(
@@ -303,6 +445,53 @@ impl Settings {
         }
         positive(self.gateway.max_body_bytes as u64, "gateway.max_body_bytes")?;
         positive(self.amqp.delivery_limit.into(), "amqp.delivery_limit")?;
+        positive(self.auth.cache_seconds, "auth.cache_seconds")?;
+        // The listener is confirmed alive by a ping each quarter of the
+        // bound; below 100 ms that would be a busy loop.
+        if !(100..=60_000).contains(&self.auth.revocation_bound_ms) {
+            return Err(SettingsError::key(
+                "auth.revocation_bound_ms",
+                "must be between 100 and 60000",
+            ));
+        }
+        if self.auth.revocation_bound_ms > self.auth.cache_seconds.saturating_mul(1000) {
+            return Err(SettingsError::key(
+                "auth.revocation_bound_ms",
+                "must not exceed auth.cache_seconds",
+            ));
+        }
+        positive(
+            self.gateway.idempotency_retention_hours,
+            "gateway.idempotency_retention_hours",
+        )?;
+        positive(
+            self.maintenance.interval_seconds,
+            "maintenance.interval_seconds",
+        )?;
+        positive(self.maintenance.batch_size.into(), "maintenance.batch_size")?;
+        positive(
+            self.maintenance.sync_history_keep.into(),
+            "maintenance.sync_history_keep",
+        )?;
+        positive(self.housekeeping.max_packs as u64, "housekeeping.max_packs")?;
+        positive(
+            self.housekeeping.repos_per_tick.into(),
+            "housekeeping.repos_per_tick",
+        )?;
+        positive(
+            self.housekeeping.time_limit_seconds,
+            "housekeeping.time_limit_seconds",
+        )?;
+        let longest_run = self.upstream.timeout_seconds + self.worker.lease_seconds;
+        if self.housekeeping.prune_grace_seconds < longest_run {
+            return Err(SettingsError::key(
+                "housekeeping.prune_grace_seconds",
+                format!(
+                    "must be at least upstream.timeout_seconds + worker.lease_seconds ({longest_run}): \
+                     a run may still need the objects it downloaded"
+                ),
+            ));
+        }
         if self.worker.retry_max_ms < self.worker.retry_base_ms {
             return Err(SettingsError::key(
                 "worker.retry_max_ms",
@@ -448,12 +637,19 @@ mod tests {
         assert_eq!(s.worker.max_attempts, 5);
         assert_eq!(s.worker.retry_base_ms, 1000);
         assert_eq!(s.worker.lease_seconds, 60);
+        assert_eq!(s.database.statement_timeout_ms, 30_000);
+        assert_eq!(s.database.lock_timeout_ms, 5_000);
+        assert_eq!(s.database.idle_in_transaction_timeout_ms, 60_000);
+        assert_eq!(s.worker.claim_lock_timeout_ms, 1_000);
+        assert_eq!(s.worker.republish_max_per_tick, 100);
         assert_eq!(s.upstream.allowed_schemes, vec!["https"]);
         assert!(!s.upstream.allow_private_networks);
         assert_eq!(s.telemetry.format, LogFormat::Pretty);
         assert!(s.telemetry.otlp_endpoint.is_none());
         assert!(s.secrets.credential_key.is_none());
         assert!(s.credential_key().is_err());
+        assert_eq!(s.auth.revocation_bound_ms, 1000);
+        assert_eq!(s.auth.cache_seconds, 60);
     }
 
     #[test]
@@ -493,6 +689,11 @@ mod tests {
             ("DEPOT__DATABASE__URL", "mysql://x", "database.url"),
             ("DEPOT__AMQP__NAMESPACE", "a b", "amqp.namespace"),
             (
+                "DEPOT__AUTH__REVOCATION_BOUND_MS",
+                "5",
+                "auth.revocation_bound_ms",
+            ),
+            (
                 "DEPOT__UPSTREAM__ALLOWED_SCHEMES",
                 "file",
                 "upstream.allowed_schemes",
@@ -504,6 +705,21 @@ mod tests {
             ),
             ("DEPOT__TELEMETRY__FORMAT", "xml", "telemetry.format"),
             ("DEPOT__WORKER__NO_SUCH_KEY", "1", "no_such_key"),
+            (
+                "DEPOT__DATABASE__STATEMENT_TIMEOUT_MS",
+                "0",
+                "database.statement_timeout_ms",
+            ),
+            (
+                "DEPOT__WORKER__CLAIM_LOCK_TIMEOUT_MS",
+                "6000",
+                "worker.claim_lock_timeout_ms",
+            ),
+            (
+                "DEPOT__WORKER__REPUBLISH_MAX_PER_TICK",
+                "0",
+                "worker.republish_max_per_tick",
+            ),
         ] {
             let err = Settings::load_from(None, env(&[(key, value)]))
                 .unwrap_err()
@@ -559,6 +775,44 @@ mod tests {
         .to_string();
         assert!(err.contains("secrets.previous_credential_keys"), "{err}");
         assert!(!err.contains("bm9wZQ"), "{err}");
+    }
+
+    #[test]
+    fn retention_and_housekeeping_defaults() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.gateway.idempotency_retention_hours, 24);
+        assert_eq!(
+            s.gateway.idempotency_retention(),
+            std::time::Duration::from_secs(86_400)
+        );
+        assert_eq!(s.maintenance.sync_history_keep, 100);
+        assert_eq!(s.maintenance.sync_history_days, 90);
+        assert!(s.housekeeping.enabled);
+        assert!(s.housekeeping.prune_grace_seconds >= s.upstream.timeout_seconds);
+    }
+
+    #[test]
+    fn prune_grace_must_outlast_any_run() {
+        let err = Settings::load_from(
+            None,
+            env(&[("DEPOT__HOUSEKEEPING__PRUNE_GRACE_SECONDS", "60")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("housekeeping.prune_grace_seconds"), "{err}");
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("DEPOT__HOUSEKEEPING__PRUNE_GRACE_SECONDS", "60"),
+                ("DEPOT__UPSTREAM__TIMEOUT_SECONDS", "30"),
+                ("DEPOT__WORKER__LEASE_SECONDS", "30"),
+            ]),
+        );
+        assert!(s.is_ok());
+        let err = Settings::load_from(None, env(&[("DEPOT__MAINTENANCE__SYNC_HISTORY_KEEP", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("maintenance.sync_history_keep"), "{err}");
     }
 
     #[test]

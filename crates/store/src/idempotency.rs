@@ -1,8 +1,12 @@
-//! `Idempotency-Key` records: the first response to a key is replayed for 24
-//! hours to requests with the same body.
+//! `Idempotency-Key` records: the first response to a key is replayed for
+//! the retention (`gateway.idempotency_retention_hours`, default 24) to
+//! requests with the same body. Expired rows are ignored at once (and the key
+//! can be reused) and deleted in batches by the worker's maintenance task
+//! ([`delete_expired`]), so the table does not grow for ever.
 
 use crate::{GenericClient, Result};
 use serde_json::Value;
+use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub enum Reservation {
@@ -24,15 +28,18 @@ pub async fn reserve(
     org_id: &str,
     key: &str,
     request_hash: &[u8],
+    retention: Duration,
 ) -> Result<Reservation> {
     // Expired keys are forgotten first, so they can be reused.
     let expire = client
         .prepare_cached(
             "DELETE FROM idempotency_keys WHERE org_id = $1 AND key = $2
-             AND created_at < now() - interval '24 hours'",
+             AND created_at < now() - make_interval(secs => $3)",
         )
         .await?;
-    client.execute(&expire, &[&org_id, &key]).await?;
+    client
+        .execute(&expire, &[&org_id, &key, &retention.as_secs_f64()])
+        .await?;
     let insert = client
         .prepare_cached(
             "INSERT INTO idempotency_keys (org_id, key, request_hash) VALUES ($1, $2, $3)
@@ -86,4 +93,28 @@ pub async fn complete(
         .execute(&stmt, &[&org_id, &key, &i32::from(status), body])
         .await?;
     Ok(())
+}
+
+/// Delete up to `limit` keys older than `retention`, oldest first (index
+/// `idempotency_keys_age`); returns how many. `SKIP LOCKED`: several workers
+/// may run this at once, and a key a request is using right now is left to
+/// it.
+pub async fn delete_expired(
+    client: &impl GenericClient,
+    retention: Duration,
+    limit: i64,
+) -> Result<u64> {
+    let stmt = client
+        .prepare_cached(
+            "WITH old AS (
+                 SELECT org_id, key FROM idempotency_keys
+                 WHERE created_at < now() - make_interval(secs => $1)
+                 ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             DELETE FROM idempotency_keys i USING old
+             WHERE i.org_id = old.org_id AND i.key = old.key",
+        )
+        .await?;
+    Ok(client
+        .execute(&stmt, &[&retention.as_secs_f64(), &limit])
+        .await?)
 }

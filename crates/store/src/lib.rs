@@ -6,6 +6,7 @@
 //! (`prepare_cached`).
 
 pub mod credentials;
+pub mod housekeeping;
 pub mod idempotency;
 pub mod keys;
 pub mod migrate;
@@ -21,7 +22,7 @@ pub use tokio_postgres::Error as PgError;
 pub mod deadpool_error {
     pub use deadpool_postgres::PoolError;
 }
-pub use pool::{PoolOptions, connect};
+pub use pool::{PoolOptions, SessionLimits, connect, connect_with};
 
 use tokio_postgres::error::SqlState;
 
@@ -62,6 +63,10 @@ impl StoreError {
                             || *c == SqlState::T_R_SERIALIZATION_FAILURE
                             || *c == SqlState::T_R_DEADLOCK_DETECTED
                             || *c == SqlState::TOO_MANY_CONNECTIONS
+                            // statement_timeout, lock_timeout (crates/store
+                            // pool.rs): the database was busy, not wrong.
+                            || *c == SqlState::QUERY_CANCELED
+                            || *c == SqlState::LOCK_NOT_AVAILABLE
                     )
             }
             StoreError::Corrupt(_) => false,

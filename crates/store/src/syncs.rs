@@ -22,11 +22,18 @@ pub struct SyncRecord {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The error of the latest attempt that failed transiently and was
+    /// retried (`error` itself is only set on `failed`). Kept through later
+    /// attempts and the final status.
+    pub last_attempt_error: Option<String>,
+    /// While queued after a retry: not run before this time.
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 const COLUMNS: &str =
     "s.id, s.repo_id, s.seq, s.direction, s.status, s.attempt, s.branches_glob, s.tags_glob,
-     s.stats, s.error, s.created_at, s.started_at, s.finished_at";
+     s.stats, s.error, s.created_at, s.started_at, s.finished_at, s.last_attempt_error,
+     s.not_before";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<SyncRecord> {
     let direction: &str = row.get("direction");
@@ -51,6 +58,8 @@ fn from_row(row: &tokio_postgres::Row) -> Result<SyncRecord> {
         created_at: row.get("created_at"),
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),
+        last_attempt_error: row.get("last_attempt_error"),
+        not_before: row.get("not_before"),
     })
 }
 
@@ -58,6 +67,9 @@ fn rows(rows: Vec<tokio_postgres::Row>) -> Result<Vec<SyncRecord>> {
     rows.iter().map(from_row).collect()
 }
 
+// Made once per POST and matched at once: boxing the record would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Enqueued {
     Created(SyncRecord),
     /// A sync with the same direction and globs is still queued.
@@ -227,7 +239,46 @@ pub async fn claim(
     lease: Duration,
     max_runs_per_org: Option<i64>,
 ) -> Result<Claim> {
+    claim_within(client, sync_id, lease, max_runs_per_org, None).await
+}
+
+/// [`claim`], waiting at most `lock_wait` for the repository's and the
+/// org's row locks (`SET LOCAL lock_timeout`, else the session's). A claim
+/// that cannot get them in time is [`Claim::Busy`]: whoever holds them is
+/// claiming or changing that repository or org, and the job is better
+/// deferred than left holding a worker's permit behind them.
+pub async fn claim_within(
+    client: &mut deadpool_postgres::Client,
+    sync_id: &str,
+    lease: Duration,
+    max_runs_per_org: Option<i64>,
+    lock_wait: Option<Duration>,
+) -> Result<Claim> {
+    match claim_tx(client, sync_id, lease, max_runs_per_org, lock_wait).await {
+        // The transaction rolled back when it was dropped; nothing changed.
+        Err(e) if e.sql_state() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            Ok(Claim::Busy)
+        }
+        other => other,
+    }
+}
+
+async fn claim_tx(
+    client: &mut deadpool_postgres::Client,
+    sync_id: &str,
+    lease: Duration,
+    max_runs_per_org: Option<i64>,
+    lock_wait: Option<Duration>,
+) -> Result<Claim> {
     let tx = client.transaction().await?;
+    if let Some(wait) = lock_wait {
+        // SET takes no parameters; the value is a number we format.
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = {}",
+            wait.as_millis().max(1)
+        ))
+        .await?;
+    }
     let head = tx
         .prepare_cached(
             "SELECT s.repo_id, s.status, s.not_before, now() AS now FROM syncs s WHERE s.id = $1",
@@ -261,8 +312,11 @@ pub async fn claim(
     };
     let running = tx
         .prepare_cached(
+            // Housekeeping of the repository's git data holds the same
+            // one-run-per-repository lock (crate::housekeeping).
             "SELECT (SELECT status FROM syncs WHERE id = $2),
-                    EXISTS (SELECT 1 FROM syncs WHERE repo_id = $1 AND status = 'in_progress')",
+                    EXISTS (SELECT 1 FROM syncs WHERE repo_id = $1 AND status = 'in_progress')
+                    OR EXISTS (SELECT 1 FROM repos WHERE id = $1 AND housekeeping_until > now())",
         )
         .await?;
     let now = tx.query_one(&running, &[&repo_id, &sync_id]).await?;
@@ -380,24 +434,47 @@ pub async fn finish(
         == 1)
 }
 
-/// Put a run back to `queued` (transient failure, or shutdown), not to be run
+/// Put a run back to `queued` (shutdown, lost upstream), not to be run
 /// before `delay` from now. The attempt count stays: it counts runs started.
+/// `last_attempt_error` is left as it was: a release is not a failure.
 pub async fn requeue(
     client: &impl GenericClient,
     sync_id: &str,
     attempt: i32,
     delay: Duration,
 ) -> Result<bool> {
+    requeue_with(client, sync_id, attempt, delay, None).await
+}
+
+/// Put a run that failed transiently back to `queued` for its next attempt,
+/// keeping its error visible as `last_attempt_error` while it waits.
+pub async fn retry(
+    client: &impl GenericClient,
+    sync_id: &str,
+    attempt: i32,
+    delay: Duration,
+    error: &str,
+) -> Result<bool> {
+    requeue_with(client, sync_id, attempt, delay, Some(error)).await
+}
+
+async fn requeue_with(
+    client: &impl GenericClient,
+    sync_id: &str,
+    attempt: i32,
+    delay: Duration,
+    error: Option<&str>,
+) -> Result<bool> {
     let stmt = client
         .prepare_cached(
             "UPDATE syncs SET status = 'queued', started_at = NULL, lease_until = NULL,
                     not_before = now() + make_interval(secs => $3), published_at = now(),
-                    updated_at = now()
+                    last_attempt_error = coalesce($4, last_attempt_error), updated_at = now()
              WHERE id = $1 AND attempt = $2 AND status = 'in_progress'",
         )
         .await?;
     Ok(client
-        .execute(&stmt, &[&sync_id, &attempt, &delay.as_secs_f64()])
+        .execute(&stmt, &[&sync_id, &attempt, &delay.as_secs_f64(), &error])
         .await?
         == 1)
 }
@@ -439,6 +516,8 @@ pub async fn sweep_expired_leases(
                  error = CASE WHEN s.attempt >= $1 THEN 'worker_lost: the run stopped reporting progress' END,
                  finished_at = CASE WHEN s.attempt >= $1 THEN now() END,
                  started_at = CASE WHEN s.attempt >= $1 THEN s.started_at END,
+                 last_attempt_error = CASE WHEN s.attempt >= $1 THEN s.last_attempt_error
+                     ELSE 'worker_lost: the run stopped reporting progress' END,
                  lease_until = NULL, not_before = NULL, published_at = now(), updated_at = now()
              FROM expired WHERE s.id = expired.id
              RETURNING s.id, s.repo_id, s.attempt, s.status",
@@ -461,7 +540,8 @@ pub async fn sweep_expired_leases(
 }
 
 /// Queued syncs whose message seems lost: due, and not published for
-/// `older_than`. Marks them published now; the caller publishes them.
+/// `older_than`, those published longest ago first. Marks them published
+/// now; the caller publishes them.
 /// `SKIP LOCKED` lets any number of relays run this concurrently.
 pub async fn take_stale_queued(
     client: &impl GenericClient,
@@ -475,7 +555,7 @@ pub async fn take_stale_queued(
                  WHERE status = 'queued'
                    AND coalesce(published_at, created_at) < now() - make_interval(secs => $1)
                    AND coalesce(not_before, now()) <= now()
-                 ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 ORDER BY coalesce(published_at, created_at) LIMIT $2 FOR UPDATE SKIP LOCKED)
              UPDATE syncs s SET published_at = now() FROM stale WHERE s.id = stale.id
              RETURNING s.id, s.repo_id, s.attempt",
         )
@@ -486,6 +566,73 @@ pub async fn take_stale_queued(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
+}
+
+/// Take the lost-message pass for this transaction, unless another relay
+/// has it: the pass compares deployment-wide counts, and two relays acting
+/// on the same shortfall would publish it twice.
+pub async fn lead_republish(client: &impl GenericClient) -> Result<bool> {
+    let stmt = client
+        .prepare_cached("SELECT pg_try_advisory_xact_lock(hashtext('depot.lost_message_pass'))")
+        .await?;
+    Ok(client.query_one(&stmt, &[]).await?.get(0))
+}
+
+/// Queued syncs whose job message should be waiting in the jobs queue now:
+/// due, and neither published nor due within `settle` (a message
+/// published that recently may still sit in a delay queue, e.g. a job
+/// deferred because its repository was busy).
+pub async fn count_expecting_message(client: &impl GenericClient, settle: Duration) -> Result<i64> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT count(*) FROM syncs
+             WHERE status = 'queued'
+               AND coalesce(published_at, created_at) < now() - make_interval(secs => $1)
+               AND coalesce(not_before, '-infinity') < now() - make_interval(secs => $1)",
+        )
+        .await?;
+    Ok(client
+        .query_one(&stmt, &[&settle.as_secs_f64()])
+        .await?
+        .get(0))
+
+}
+
+/// Sync history retention: delete up to `limit` terminal syncs that are
+/// both outside their repository's newest `keep_newest` and finished more
+/// than `older_than` ago, oldest first; returns how many. A queued or
+/// running sync is never deleted, nor a repository's newest sync (its
+/// `latest_sync`): `keep_newest` is at least 1. `SKIP LOCKED` lets several
+/// workers run this at once. The outbox rows of a deleted sync go with it
+/// (`ON DELETE CASCADE`).
+pub async fn delete_expired(
+    client: &impl GenericClient,
+    keep_newest: u32,
+    older_than: Duration,
+    limit: i64,
+) -> Result<u64> {
+    // `syncs_terminal_finished` (migrations/V6) yields the oldest candidates;
+    // the newest-N bound is one index lookup per candidate (`syncs_repo_newest`):
+    // the seq of the repository's N-th newest sync, NULL (nothing deleted)
+    // when it has fewer.
+    let stmt = client
+        .prepare_cached(
+            "WITH doomed AS (
+                 SELECT s.id FROM syncs s
+                 WHERE s.status IN ('completed', 'failed')
+                   AND s.finished_at < now() - make_interval(secs => $2)
+                   AND s.seq < (SELECT k.seq FROM syncs k WHERE k.repo_id = s.repo_id
+                                ORDER BY k.seq DESC OFFSET $1 LIMIT 1)
+                 ORDER BY s.finished_at LIMIT $3
+                 FOR UPDATE OF s SKIP LOCKED)
+             DELETE FROM syncs s USING doomed
+             WHERE s.id = doomed.id AND s.status IN ('completed', 'failed')",
+        )
+        .await?;
+    let offset = i64::from(keep_newest.max(1)) - 1;
+    Ok(client
+        .execute(&stmt, &[&offset, &older_than.as_secs_f64(), &limit])
+        .await?)
 }
 
 /// Counts by status, for metrics and tests.

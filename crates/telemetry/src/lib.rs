@@ -3,16 +3,25 @@
 //! W3C trace context travels from the gateway's request through the job
 //! message into the worker's run.
 //!
+//! - Readable lines are coloured only when standard output is a terminal
+//!   (and `NO_COLOR` is unset): a log file (`make run` writes
+//!   `data/logs/*.log`) gets plain text that `grep status=401` finds.
 //! - JSON lines carry `timestamp`, `level`, `target`, the event's fields
 //!   (`message` among them) flattened, and the current span's fields under
-//!   `span` (for a request: `method`, `route`, `status`, `request_id`,
-//!   `trace_id`; for a run: `sync_id`, `repo_id`, `direction`, `attempt`,
+//!   `span` (for a request: `method`, `route`, `request_id`, `trace_id`,
+//!   `key_id`; its `request finished` line carries `status` and
+//!   `latency_ms` itself, so a readable line names each once; for a run: `sync_id`, `repo_id`, `direction`, `attempt`,
 //!   `trace_id`, outcome counts).
 //! - When `telemetry.otlp_endpoint` is set, spans are exported over OTLP/HTTP
 //!   (protobuf) to `<endpoint>/v1/traces` in batches; dropping the
 //!   [`TelemetryGuard`] flushes what is pending.
 //! - Spans get real trace ids even when nothing is exported, so trace context
 //!   propagates and a 500 body can name its trace.
+//! - Lines are written to stdout by a dedicated thread (tracing-appender's
+//!   non-blocking writer): a request thread only formats its line and hands
+//!   it over, it never waits on the terminal or pipe. The writer never drops
+//!   a line (when its queue is full, callers wait); dropping the
+//!   [`TelemetryGuard`] writes out what is queued.
 
 use depot_settings::{LogFormat, Telemetry};
 use opentelemetry::propagation::TextMapCompositePropagator;
@@ -20,14 +29,17 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Keeps the tracer provider alive; flushes spans when dropped.
+/// Keeps the tracer provider and the log writer alive; flushes both when
+/// dropped.
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    _log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl Drop for TelemetryGuard {
@@ -100,6 +112,13 @@ where
         }))
 }
 
+/// Colour escapes only for a person watching a terminal: in a file or a
+/// pipe they are noise that breaks `grep`. `NO_COLOR` (no-color.org) turns
+/// them off on a terminal too.
+fn colour(terminal: bool) -> bool {
+    terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Install the global subscriber. `RUST_LOG`, when set, overrides
 /// `telemetry.filter`. Calling it twice (tests) keeps the first subscriber.
 pub fn init(settings: &Telemetry, default_service: &str) -> TelemetryGuard {
@@ -120,20 +139,32 @@ pub fn init(settings: &Telemetry, default_service: &str) -> TelemetryGuard {
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(otel_layer(tracer, settings.otlp_endpoint.is_some()));
-    let _ = match settings.format {
+    let (writer, log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("depot-log-writer")
+        .finish(std::io::stdout());
+    let installed = match settings.format {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
-                    .with_span_list(false),
+                    .with_span_list(false)
+                    .with_writer(writer),
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_target(true))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(true)
+                    .with_ansi(colour(std::io::stdout().is_terminal()))
+                    .with_writer(writer),
+            )
             .try_init(),
     };
+    // Only the subscriber actually installed keeps its writer thread.
+    let log_guard = installed.is_ok().then_some(log_guard);
     match (&settings.otlp_endpoint, export_error) {
         (Some(_), Some(e)) => {
             tracing::error!(error = %e, "OTLP exporter unavailable; spans are not exported")
@@ -143,7 +174,10 @@ pub fn init(settings: &Telemetry, default_service: &str) -> TelemetryGuard {
         (Some(_), None) => tracing::info!(service = %service, "exporting spans over OTLP/HTTP"),
         (None, _) => {}
     }
-    TelemetryGuard { provider }
+    TelemetryGuard {
+        provider,
+        _log_writer: log_guard,
+    }
 }
 
 /// The current span's W3C trace context (`traceparent`, `tracestate`).

@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use crate::hostile::{Hostile, SeenRequest};
 
 /// nginx's default, typical of git hosting front ends (actix's own is 5 s).
 const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(75);
+use crate::per_repo::{Entered, RepoGauges};
 
 /// Largest request body accepted; pushes in tests are tens of MB at most.
 const MAX_BODY: usize = 1 << 30;
@@ -62,6 +63,9 @@ struct State {
     hostile: std::sync::Mutex<Option<Hostile>>,
     seen: std::sync::Mutex<Vec<SeenRequest>>,
     connections: Arc<AtomicU64>,
+    /// Every `Authorization` header received, in arrival order.
+    authorizations: Mutex<Vec<String>>,
+    per_repo: Arc<RepoGauges>,
 }
 
 /// A running server; dropping it stops the server, aborts in-flight requests
@@ -117,6 +121,8 @@ impl GitHttpServer {
             hostile: std::sync::Mutex::new(None),
             seen: std::sync::Mutex::new(Vec::new()),
             connections: Arc::new(AtomicU64::new(0)),
+            authorizations: Mutex::new(Vec::new()),
+            per_repo: Arc::default(),
         });
         let connections = Arc::clone(&state.connections);
         let data = web::Data::from(Arc::clone(&state));
@@ -239,6 +245,31 @@ impl GitHttpServer {
             .unwrap_or_default()
     }
 
+    /// Every `Authorization` header received so far (lossily decoded), in
+    /// arrival order, whatever the server answered: what a credential
+    /// leak to this server would show.
+    pub fn authorization_headers(&self) -> Vec<String> {
+        self.state
+            .authorizations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The most requests for repository `name` (`<name>.git`) the server
+    /// held at once so far, each counted until its response body is sent
+    /// or the client went away: above one, two runs of it overlapped.
+    pub fn max_in_flight_for(&self, name: &str) -> u64 {
+        self.state.per_repo.max_in_flight(name)
+    }
+
+    /// Pacing: while `Some(rate)`, response bodies started from now on are
+    /// sent at about `rate` bytes a second (a slow link: the client keeps
+    /// receiving, so its progress callbacks keep running).
+    pub fn set_pace(&self, bytes_per_second: Option<u64>) {
+        self.state.per_repo.set_pace(bytes_per_second);
+    }
+
     /// HTTP requests served so far, including faulted and 401 ones.
     pub fn request_count(&self) -> u64 {
         self.state.requests.load(Ordering::SeqCst)
@@ -273,9 +304,17 @@ impl Drop for InFlight<'_> {
 
 async fn handle(req: HttpRequest, payload: web::Payload, state: web::Data<State>) -> HttpResponse {
     state.requests.fetch_add(1, Ordering::SeqCst);
+    for value in req.headers().get_all(header::AUTHORIZATION) {
+        state
+            .authorizations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
     let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     state.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let _leaving = InFlight(&state.in_flight);
+    let entered = state.per_repo.enter(req.path());
     if let Ok(mut seen) = state.seen.lock() {
         seen.push(crate::hostile::seen(&req));
     }
@@ -318,7 +357,7 @@ async fn handle(req: HttpRequest, payload: web::Payload, state: web::Data<State>
         Err(resp) => return resp,
     };
 
-    match run_backend(&req, &state.root, user.as_deref(), body).await {
+    match run_backend(&req, &state, user.as_deref(), body, entered).await {
         Ok(resp) => resp,
         Err(e) => {
             eprintln!(
@@ -344,6 +383,14 @@ async fn read_body(mut payload: web::Payload) -> std::result::Result<Bytes, Http
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// The `Authorization` header value a client sends for `user:password`.
+pub fn basic_auth_header(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }
 
 fn check_basic_auth(req: &HttpRequest, user: &str, password: &str) -> bool {
@@ -403,10 +450,12 @@ fn percent_decode(path: &str) -> Option<Vec<u8>> {
 
 async fn run_backend(
     req: &HttpRequest,
-    root: &Path,
+    state: &State,
     user: Option<&str>,
     body: Bytes,
+    entered: Entered,
 ) -> Result<HttpResponse> {
+    let root = state.root.as_path();
     let Some(path_info) = percent_decode(req.path()) else {
         return Ok(plain(StatusCode::BAD_REQUEST, "bad path\n"));
     };
@@ -520,7 +569,7 @@ async fn run_backend(
             .context("reading http-backend output")?;
         return Ok(resp.body(body));
     }
-    let stream = body_stream(stdout);
+    let stream = body_stream(stdout, Arc::clone(&state.per_repo), entered);
     Ok(match content_length {
         Some(len) => resp.body(SizedStream::new(len, stream)),
         None => resp.streaming(stream),
@@ -581,15 +630,27 @@ async fn read_cgi_headers(
     }
 }
 
+/// `entered` lives as long as the stream: the request counts as in flight
+/// until its body is sent or dropped.
 fn body_stream(
     stdout: BufReader<ChildStdout>,
+    per_repo: Arc<RepoGauges>,
+    entered: Entered,
 ) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + 'static {
-    futures_util::stream::unfold(Some(stdout), |reader| async move {
-        let mut reader = reader?;
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        match reader.read_buf(&mut buf).await {
+    let pace = per_repo.chunk();
+    futures_util::stream::unfold(Some((stdout, entered)), move |state| async move {
+        let (mut reader, entered) = state?;
+        let mut buf = BytesMut::with_capacity(pace.map_or(64 * 1024, |(len, _)| len));
+        let read = match pace {
+            Some((len, pause)) => {
+                tokio::time::sleep(pause).await;
+                (&mut reader).take(len as u64).read_buf(&mut buf).await
+            }
+            None => reader.read_buf(&mut buf).await,
+        };
+        match read {
             Ok(0) => None,
-            Ok(_) => Some((Ok(buf.freeze()), Some(reader))),
+            Ok(_) => Some((Ok(buf.freeze()), Some((reader, entered)))),
             // Yield the error once, then end the stream.
             Err(e) => Some((Err(e), None)),
         }

@@ -101,7 +101,12 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken, grace: Durat
 /// Wait up to `grace` for running syncs; then tell the rest to stop (they
 /// release their syncs back to `queued`) and wait for that.
 async fn drain(ctx: &Ctx, tasks: &mut JoinSet<()>, grace: Duration) {
+    // The set still holds runs that ended since the consuming loop last
+    // reaped it: count only those still running, or the log claims a wait
+    // for syncs that are long done.
+    while tasks.try_join_next().is_some() {}
     if tasks.is_empty() {
+        tracing::debug!("no running syncs to wait for");
         return;
     }
     tracing::info!(

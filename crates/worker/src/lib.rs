@@ -1,9 +1,10 @@
 //! `depot-worker`: consumes sync jobs and runs them, and keeps the system
 //! honest in the background (outbox relay, lost-message re-publish, lease
-//! sweeper, storage purge). Scaled independently of the gateway; any number
+//! sweeper, storage purge, retention and housekeeping). Scaled independently of the gateway; any number
 //! of replicas may run.
 
 mod consumer;
+mod maintenance;
 mod metrics;
 mod relay;
 mod run;
@@ -53,6 +54,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     depot_gitsync::install_transport();
     let key = settings.credential_key()?;
     let previous_keys = settings.previous_credential_keys()?;
+    maintenance::check_git(&settings)?;
     std::fs::create_dir_all(&settings.storage.root)
         .map_err(|e| anyhow::anyhow!("storage.root {}: {e}", settings.storage.root.display()))?;
     let pool = depot_store::pool::from_settings(&settings.database)?;
@@ -71,8 +73,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let admin = metrics::bind(&ctx).await?;
     let admin = tokio::spawn(metrics::serve(ctx.clone(), admin, shutdown.clone()));
     let relay = tokio::spawn(relay::run(ctx.clone(), shutdown.clone()));
+    let maintenance = tokio::spawn(maintenance::run(ctx.clone(), shutdown.clone()));
     consumer::run(ctx.clone(), shutdown.clone(), grace).await;
     relay.abort();
+    // Cancelled by `shutdown` already; a pass in progress stops its git
+    // command and releases its lease, so wait for it.
+    let _ = maintenance.await;
     admin.abort();
     let _ = relay.await;
     if let Some(b) = ctx.broker.get() {

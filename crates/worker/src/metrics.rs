@@ -8,7 +8,10 @@
 //! every replica reports the same value: aggregate them with `max`, not `sum`.
 //!
 //! Labels are bounded (direction, status, outcome, source); ids, URLs and
-//! error texts never become labels.
+//! error texts never become labels. Because they are bounded, every series
+//! exists from the start at 0 ([`WorkerMetrics::new`]): a counter that
+//! appeared only with its first event would give an alert on its rate no
+//! data instead of 0 (and `increase()` misses that first event).
 
 use crate::Ctx;
 use depot_domain::{Direction, Outcome, Stats};
@@ -37,6 +40,7 @@ pub(crate) struct WorkerMetrics {
     upstream_connections: IntCounterVec,
     run_bytes: HistogramVec,
     outbox_backlog: IntGauge,
+    missing_messages: IntGauge,
     queue_messages: IntGaugeVec,
     dependency_up: IntGaugeVec,
 }
@@ -45,6 +49,12 @@ static METRICS: LazyLock<WorkerMetrics> = LazyLock::new(WorkerMetrics::new);
 
 pub(crate) fn metrics() -> &'static WorkerMetrics {
     &METRICS
+}
+
+/// The registry `/metrics` renders, for modules that keep their own series
+/// (`maintenance`).
+pub(crate) fn registry() -> &'static Registry {
+    &METRICS.registry
 }
 
 const DURATION_BUCKETS: &[f64] = &[
@@ -85,7 +95,59 @@ fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Hi
     h
 }
 
+const DIRECTIONS: [Direction; 2] = [Direction::Pull, Direction::Push];
+/// `result` of a run: [`run_ended`]'s values plus `lost_lease`.
+const RUN_RESULTS: [&str; 5] = ["completed", "failed", "retry", "released", "lost_lease"];
+const FINAL_STATUSES: [&str; 2] = ["completed", "failed"];
+const OUTCOMES: [Outcome; 4] = [
+    Outcome::Updated,
+    Outcome::Unchanged,
+    Outcome::Rejected,
+    Outcome::Filtered,
+];
+const ATTEMPT_KINDS: [&str; 2] = ["first", "retry"];
+const RELAY_SOURCES: [&str; 3] = ["outbox", "lease_expired", "presumed_lost"];
+const RELAY_RESULTS: [&str; 2] = ["ok", "error"];
+const LEASE_RESULTS: [&str; 2] = ["requeued", "failed"];
+const QUEUES: [&str; 2] = ["jobs", "dead"];
+const DEPENDENCIES: [&str; 2] = ["database", "broker"];
+
 impl WorkerMetrics {
+    /// Touch every label combination the worker can ever report, so each
+    /// series is listed (at 0) before its first event.
+    fn init_series(&self) {
+        for d in DIRECTIONS.map(Direction::as_str) {
+            for result in RUN_RESULTS {
+                self.runs.with_label_values(&[d, result]);
+                self.run_duration.with_label_values(&[d, result]);
+            }
+            for status in FINAL_STATUSES {
+                self.finished.with_label_values(&[d, status]);
+            }
+            for outcome in OUTCOMES {
+                self.refs.with_label_values(&[d, outcome_label(outcome)]);
+            }
+            for kind in ATTEMPT_KINDS {
+                self.attempts.with_label_values(&[d, kind]);
+            }
+            self.queue_lag.with_label_values(&[d]);
+        }
+        for source in RELAY_SOURCES {
+            for result in RELAY_RESULTS {
+                self.relay_publishes.with_label_values(&[source, result]);
+            }
+        }
+        for result in LEASE_RESULTS {
+            self.lease_expirations.with_label_values(&[result]);
+        }
+        for queue in QUEUES {
+            self.queue_messages.with_label_values(&[queue]);
+        }
+        for dependency in DEPENDENCIES {
+            self.dependency_up.with_label_values(&[dependency]);
+        }
+    }
+
     #[allow(clippy::expect_used)]
     fn new() -> Self {
         let r = Registry::new();
@@ -116,7 +178,14 @@ impl WorkerMetrics {
         .expect("metric definition");
         r.register(Box::new(dependency_up.clone()))
             .expect("register");
-        WorkerMetrics {
+        let missing_messages = IntGauge::new(
+            "depot_relay_missing_messages",
+            "At the last lost-message pass of this worker: due queued syncs in excess of the messages ready in the jobs queue (each pass publishes at most worker.republish_max_per_tick of them again).",
+        )
+        .expect("metric definition");
+        r.register(Box::new(missing_messages.clone()))
+            .expect("register");
+        let m = WorkerMetrics {
             runs: counter(
                 &r,
                 "depot_sync_runs_total",
@@ -193,10 +262,13 @@ impl WorkerMetrics {
                 h
             },
             outbox_backlog,
+            missing_messages,
             queue_messages,
             dependency_up,
             registry: r,
-        }
+        };
+        m.init_series();
+        m
     }
 
     fn render(&self) -> String {
@@ -293,6 +365,11 @@ pub(crate) fn relay_published(source: &str, ok: bool) {
         .relay_publishes
         .with_label_values(&[source, if ok { "ok" } else { "error" }])
         .inc();
+}
+
+/// The shortfall the last lost-message pass found.
+pub(crate) fn missing_messages(n: i64) {
+    metrics().missing_messages.set(n);
 }
 
 /// The sweeper returned an expired run to `queued` (`requeued`) or failed it.

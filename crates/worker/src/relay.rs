@@ -3,7 +3,9 @@
 //! at once: each step locks its rows with `FOR UPDATE SKIP LOCKED`.
 //!
 //! - outbox relay: publish job messages the gateway could not confirm;
-//! - lost messages: re-publish `queued` syncs nobody has looked at for
+//! - lost messages: re-publish what the jobs queue lacks, i.e. no more
+//!   messages than due `queued` syncs outnumber the ready ones (see
+//!   `republish_stale`), from those untouched for
 //!   `worker.requeue_after_seconds`;
 //! - lease sweeper: return runs whose lease expired (their worker died) to
 //!   `queued`, or `failed` when their attempts are spent;
@@ -127,17 +129,64 @@ async fn sweep(ctx: &Ctx) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Publish again only the messages that are really missing. A sync queued
+/// for longer than `worker.requeue_after_seconds` is not evidence of a lost
+/// message: behind a backlog, its message simply waits in the jobs queue,
+/// and publishing it again would double the backlog (and what autoscaling
+/// on queue depth sees) every pass.
+///
+/// So the pass counts: every queued sync that is due (and has not been
+/// published or become due within [`SETTLE`]) should have one message ready
+/// in the jobs queue. Only the shortfall, `expected - ready`, is published
+/// again, taken from the syncs published longest ago and at most
+/// `worker.republish_max_per_tick` per pass; one relay at a time decides.
+/// Hence the jobs queue holds at most the queued syncs plus the messages
+/// in flight at a consumer while the pass counts (a few per worker).
+/// Duplicates (a sync with two messages) hide a lost message only until the
+/// duplicates are consumed, so every lost message is published again.
 async fn republish_stale(ctx: &Ctx) -> Result<(), StoreError> {
-    if ctx.broker.get().is_none() {
+    let Some(broker) = ctx.broker.get() else {
         return Ok(());
-    }
+    };
+    // Ready messages first, then the sync count: a message consumed in
+    // between makes its sync leave `queued`, so the error errs towards
+    // publishing nothing.
+    let ready = match broker.queue_depth(&broker.topology().jobs_queue()).await {
+        Ok(n) => i64::from(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the jobs queue depth; no lost-message pass");
+            return Ok(());
+        }
+    };
     let older_than = Duration::from_secs(ctx.settings.worker.requeue_after_seconds);
+    let cap = i64::from(ctx.settings.worker.republish_max_per_tick);
     let stale = {
-        let client = ctx.pool.get().await?;
-        depot_store::syncs::take_stale_queued(&client, older_than, BATCH).await?
+        let mut client = ctx.pool.get().await?;
+        let tx = client.transaction().await?;
+        if !depot_store::syncs::lead_republish(&tx).await? {
+            return Ok(());
+        }
+        let expected = depot_store::syncs::count_expecting_message(&tx, settle(ctx)).await?;
+        let missing = (expected - ready).max(0);
+        crate::metrics::missing_messages(missing);
+        if missing == 0 {
+            return Ok(());
+        }
+        let stale =
+            depot_store::syncs::take_stale_queued(&tx, older_than, missing.min(cap)).await?;
+        tx.commit().await?;
+        stale
     };
     publish_all(ctx, &stale, "message presumed lost").await;
     Ok(())
+}
+
+/// Messages this young may be in a delay queue rather than the jobs queue:
+/// a deferred job (busy repository or org) waits at most four retry bases;
+/// a retry's delay bucket is at most 10 % late.
+fn settle(ctx: &Ctx) -> Duration {
+    let defer = Duration::from_millis(ctx.settings.worker.retry_base_ms.saturating_mul(4));
+    defer.max(Duration::from_secs(2)) + Duration::from_secs(1)
 }
 
 async fn purge_deleted(ctx: &Ctx) -> Result<(), StoreError> {

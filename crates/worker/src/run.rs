@@ -20,6 +20,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 /// After the shutdown grace period, how long a run may take to notice its
@@ -102,13 +104,24 @@ pub(crate) async fn handle_delivery(ctx: Arc<Ctx>, delivery: Delivery) {
 }
 
 async fn process(ctx: &Ctx, job: &SyncJob) -> Disposition {
+    // Before the claim's statement: the lease it grants runs from a moment
+    // no earlier than this, so a deadline counted from here is safe.
+    let claimed_at = Instant::now();
     let claim = async {
         let mut client = ctx.pool.get().await?;
         let per_org = match ctx.settings.worker.max_runs_per_org {
             0 => None,
             n => Some(i64::from(n)),
         };
-        depot_store::syncs::claim(&mut client, &job.sync_id, ctx.lease(), per_org).await
+        let lock_wait = Duration::from_millis(ctx.settings.worker.claim_lock_timeout_ms);
+        depot_store::syncs::claim_within(
+            &mut client,
+            &job.sync_id,
+            ctx.lease(),
+            per_org,
+            Some(lock_wait),
+        )
+        .await
     };
     let claim = match claim.await {
         Ok(c) => c,
@@ -124,8 +137,9 @@ async fn process(ctx: &Ctx, job: &SyncJob) -> Disposition {
         }
         Claim::Busy => {
             // One run per repository at a time, and at most
-            // worker.max_runs_per_org per org: come back later without
-            // counting an attempt.
+            // worker.max_runs_per_org per org (or their rows stayed locked
+            // past worker.claim_lock_timeout_ms): come back later without
+            // counting an attempt, and free the permit for other orgs' work.
             let delay = backoff(
                 ctx.settings.worker.retry_base_ms,
                 ctx.settings.worker.retry_base_ms * 4,
@@ -142,7 +156,7 @@ async fn process(ctx: &Ctx, job: &SyncJob) -> Disposition {
             let delay = (at - chrono::Utc::now()).to_std().unwrap_or_default();
             defer(ctx, job, delay).await
         }
-        Claim::Claimed(claimed) => run_claimed(ctx, *claimed, job).await,
+        Claim::Claimed(claimed) => run_claimed(ctx, *claimed, job, claimed_at).await,
     }
 }
 
@@ -180,11 +194,40 @@ enum RunOutcome {
     Retry {
         error: String,
     },
-    /// Shutdown or lost lease: give the sync back without judging it.
+    /// Shutdown or lost lease, the git thread stopped: give the sync back
+    /// without judging it.
     Released,
+    /// Shutdown or lost lease, and the git thread did not stop in time (it
+    /// waits on the network, and sees its cancel flag only in libgit2's
+    /// callbacks): give the sync back, but not to be claimed before the
+    /// thread's last possible write is older than the stale-lock age the
+    /// next run clears (see `abandoned_delay`).
+    Abandoned,
 }
 
-async fn run_claimed(ctx: &Ctx, claimed: Claimed, job: &SyncJob) -> Disposition {
+/// How long a sync whose git thread was abandoned waits before its next
+/// claim: a full lease. The thread dies with the process (which exits right
+/// after releasing at shutdown) or stops at its next callback (lease lost),
+/// within seconds; the next run removes `.lock` files older than half a
+/// lease (`RunSpec::stale_lock_age`), so none it meets can be the
+/// abandoned thread's and be young.
+fn abandoned_delay(lease: Duration) -> Duration {
+    lease
+}
+
+/// A run gives up its sync once its last confirmed lease renewal is older
+/// than the lease minus this share of it: the sweeper hands the sync to
+/// another worker only after the full lease, so the run has stopped
+/// writing (it checks its cancel flag before every ref it writes) before
+/// anyone else can start.
+const LEASE_MARGIN_DIVISOR: u32 = 4;
+
+async fn run_claimed(
+    ctx: &Ctx,
+    claimed: Claimed,
+    job: &SyncJob,
+    claimed_at: Instant,
+) -> Disposition {
     let sync = &claimed.sync;
     let span = tracing::Span::current();
     span.record("attempt", sync.attempt);
@@ -194,45 +237,38 @@ async fn run_claimed(ctx: &Ctx, claimed: Claimed, job: &SyncJob) -> Disposition 
     let started = Instant::now();
 
     let cancel = Arc::new(AtomicBool::new(false));
-    let heartbeat = tokio::spawn(heartbeat(
+    let lease_lost = CancellationToken::new();
+    // Aborted on drop: the heartbeat and the shutdown watch end with their
+    // run, whatever path ends it (a panic unwinding through here included),
+    // instead of renewing a lease nobody uses.
+    let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat(
         ctx.pool.clone(),
         sync.id.clone(),
         sync.attempt,
         ctx.lease(),
+        claimed_at,
         cancel.clone(),
-    ));
+        lease_lost.clone(),
+    )));
     let stop_watch = {
         let cancel = cancel.clone();
         let hard_stop = ctx.hard_stop.clone();
-        tokio::spawn(async move {
+        AbortOnDropHandle::new(tokio::spawn(async move {
             hard_stop.cancelled().await;
             cancel.store(true, Ordering::SeqCst);
-        })
+        }))
     };
     let outcome = {
         let run = execute(ctx, &claimed, cancel.clone());
         tokio::pin!(run);
         tokio::select! {
             outcome = &mut run => outcome,
-            _ = ctx.hard_stop.cancelled() => {
-                // The git thread sees the cancel flag only in libgit2's
-                // callbacks; one blocked reading a silent upstream would hold
-                // the shutdown for as long as the socket timeout. Give it a
-                // moment, then release the sync without it: the thread is
-                // waiting on the network, not writing refs, and dies with
-                // the process.
-                match tokio::time::timeout(ABANDON_AFTER, &mut run).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => {
-                        tracing::warn!("run did not stop in time; releasing the sync");
-                        RunOutcome::Released
-                    }
-                }
-            }
+            _ = ctx.hard_stop.cancelled() => stop_in_time(run, "shutdown").await,
+            _ = lease_lost.cancelled() => stop_in_time(run, "lease lost").await,
         }
     };
-    heartbeat.abort();
-    stop_watch.abort();
+    drop(heartbeat);
+    drop(stop_watch);
 
     let attempt = sync.attempt;
     let max_attempts = i32::try_from(ctx.settings.worker.max_attempts).unwrap_or(i32::MAX);
@@ -264,9 +300,10 @@ async fn run_claimed(ctx: &Ctx, claimed: Claimed, job: &SyncJob) -> Disposition 
             let error = format!("{error} (gave up after {attempt} attempts)");
             fail(ctx, id, attempt, None, &error).await
         }
-        RunOutcome::Retry { .. } | RunOutcome::Released => {
+        RunOutcome::Retry { .. } | RunOutcome::Released | RunOutcome::Abandoned => {
             let delay = match outcome {
                 RunOutcome::Released => Duration::ZERO,
+                RunOutcome::Abandoned => abandoned_delay(ctx.lease()),
                 _ => backoff(
                     ctx.settings.worker.retry_base_ms,
                     ctx.settings.worker.retry_max_ms,
@@ -276,7 +313,12 @@ async fn run_claimed(ctx: &Ctx, claimed: Claimed, job: &SyncJob) -> Disposition 
             };
             let requeued = retry_db(|| async {
                 let client = ctx.pool.get().await?;
-                depot_store::syncs::requeue(&client, id, attempt, delay).await
+                match &outcome {
+                    RunOutcome::Retry { error } => {
+                        depot_store::syncs::retry(&client, id, attempt, delay, error).await
+                    }
+                    _ => depot_store::syncs::requeue(&client, id, attempt, delay).await,
+                }
             })
             .await;
             if let Ok(true) = requeued {
@@ -311,7 +353,7 @@ async fn run_claimed(ctx: &Ctx, claimed: Claimed, job: &SyncJob) -> Disposition 
         RunOutcome::Retry { .. } => {
             span.record("status", "retry");
         }
-        RunOutcome::Released => {
+        RunOutcome::Released | RunOutcome::Abandoned => {
             span.record("status", "released");
         }
     }
@@ -319,7 +361,7 @@ async fn run_claimed(ctx: &Ctx, claimed: Claimed, job: &SyncJob) -> Disposition 
         RunOutcome::Completed { .. } => "completed",
         RunOutcome::Retry { .. } if attempt < max_attempts => "retry",
         RunOutcome::Failed { .. } | RunOutcome::Retry { .. } => "failed",
-        RunOutcome::Released => "released",
+        RunOutcome::Released | RunOutcome::Abandoned => "released",
     };
     let stats = match &outcome {
         RunOutcome::Completed { stats, .. } => Some(stats),
@@ -398,29 +440,66 @@ where
     }
 }
 
+/// The run was told to stop (shutdown, lost lease). Give its git thread a
+/// moment to notice; one blocked reading a silent upstream would otherwise
+/// hold the worker for as long as the socket timeout. Past that moment the
+/// sync is given back without the thread ([`RunOutcome::Abandoned`]).
+async fn stop_in_time(
+    run: std::pin::Pin<&mut impl Future<Output = RunOutcome>>,
+    why: &'static str,
+) -> RunOutcome {
+    match tokio::time::timeout(ABANDON_AFTER, run).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            tracing::warn!(
+                why,
+                "run did not stop in time; releasing the sync after a delay"
+            );
+            RunOutcome::Abandoned
+        }
+    }
+}
+
+/// Renew the lease every third of it. Ends the run (raises `cancel`, then
+/// `lost`) when the database says the lease is gone, or when the last
+/// confirmed renewal is older than the lease minus a margin (a worker cut
+/// off from Postgres cannot tell whether the sweeper already gave its sync
+/// to another run, so it assumes the worst before that can happen).
 async fn heartbeat(
     pool: depot_store::Pool,
     id: String,
     attempt: i32,
     lease: Duration,
+    mut renewed: Instant,
     cancel: Arc<AtomicBool>,
+    lost: CancellationToken,
 ) {
     let every = (lease / 3).max(Duration::from_millis(200));
+    let keep_for = lease.saturating_sub(lease / LEASE_MARGIN_DIVISOR);
+    let stop = |why: &str| {
+        tracing::warn!(why, "lease lost; stopping the run");
+        cancel.store(true, Ordering::SeqCst);
+        lost.cancel();
+    };
     loop {
-        tokio::time::sleep(every).await;
+        let give_up = renewed + keep_for;
+        tokio::time::sleep_until((Instant::now() + every).min(give_up).into()).await;
+        if Instant::now() >= give_up {
+            return stop("no renewal confirmed within the lease");
+        }
+        let sent = Instant::now();
         let beat = async {
             let client = pool.get().await?;
             depot_store::syncs::heartbeat(&client, &id, attempt, lease).await
         };
-        match beat.await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!("lease lost; stopping the run");
-                cancel.store(true, Ordering::SeqCst);
-                return;
-            }
-            // Keep going: the database may come back before the lease ends.
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        // A beat stuck on a dead connection must not hold the deadline.
+        match tokio::time::timeout_at(give_up.into(), beat).await {
+            // The database's now() is no earlier than `sent`.
+            Ok(Ok(true)) => renewed = sent,
+            Ok(Ok(false)) => return stop("the sync was given to another run"),
+            // Keep going: the database may come back before the deadline.
+            Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat failed"),
+            Err(_) => {}
         }
     }
 }
@@ -450,11 +529,13 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
     let repo_path = ctx.repo_path(&claimed.org_id, &sync.repo_id);
     let direction = sync.direction;
     let sync_id = sync.id.clone();
+    let attempt = sync.attempt;
     let default_branch = claimed.default_bookmark.clone();
     let deadline = Instant::now() + Duration::from_secs(ctx.settings.upstream.timeout_seconds);
     let max_pack = ctx.settings.upstream.max_pack_bytes;
     let max_refs = ctx.settings.upstream.max_refs;
     let stale_lock_age = Duration::from_secs(ctx.settings.worker.lease_seconds) / 2;
+    let settings = ctx.settings.clone();
     let span = tracing::Span::current();
     let joined = tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
@@ -478,6 +559,7 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
             credentials: credentials.as_ref(),
             matcher: &matcher,
             sync_id: &sync_id,
+            attempt: u32::try_from(attempt).unwrap_or(0),
             deadline,
             cancel: Some(&cancel),
             max_pack_bytes: Some(max_pack),
@@ -491,6 +573,10 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
             Direction::Push => depot_gitsync::push(&spec),
         };
         crate::metrics::transferred(direction, &net.transfer);
+        if direction == Direction::Pull && result.is_ok() {
+            // Still under this run's claim: one run per repository covers it.
+            crate::maintenance::after_pull(&repo_path, &settings, &cancel);
+        }
         match result {
             Ok(refs) => {
                 let head = match direction {

@@ -6,8 +6,14 @@
 //! the policy are the only ones the run's transport connects to
 //! (`depot_gitsync::Net::addrs`): there is no second lookup for a DNS
 //! answer to change between check and connect.
+//!
+//! The credential is opened for the origin of the very URL the run hands to
+//! libgit2 (which follows no redirect), never for an origin recorded
+//! anywhere else: a credential sealed for another origin, as when a row's
+//! URL was edited in the database, does not open, and the run fails before
+//! contacting anyone.
 
-use depot_domain::policy::{Target, check_addresses, check_syntax, target};
+use depot_domain::policy::{Target, check_addresses, check_syntax, origin, target};
 use depot_gitsync::Credentials;
 use depot_secrets::{Credential, KeyRing};
 use depot_settings::Upstream as Policy;
@@ -64,8 +70,17 @@ pub(crate) fn credentials(
     let Some(sealed) = &upstream.credential else {
         return Ok(None);
     };
+    let Some(origin) = origin(&upstream.url) else {
+        return Err("upstream_refused: url has no origin to send a credential to".into());
+    };
+    if !depot_secrets::is_origin_bound(sealed) {
+        tracing::warn!(
+            repo_id,
+            "credential sealed before origin binding; run `depot-admin secrets rotate` to bind it"
+        );
+    }
     let credential = key
-        .open_credential(sealed, repo_id)
+        .open_credential(sealed, repo_id, &origin)
         .map_err(|e| format!("credential_unreadable: {e}"))?;
     Ok(Some(match credential {
         Credential::Token {

@@ -104,7 +104,7 @@ async fn envelope(
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<BoxBody>>, actix_web::Error> {
     // The request span is made by the outermost middleware
-    // (crate::metrics::observe); route, status and key_id are recorded on it.
+    // (crate::metrics::observe); route and key_id are recorded on it here.
     let span = tracing::Span::current();
     async move {
         if !accepts_json(req.request()) {
@@ -119,12 +119,16 @@ async fn envelope(
                     .map_into_right_body(),
             );
         }
+        // The route goes on the span now, so the handler's own lines carry
+        // it; the marker tells `observe` not to record it a second time (a
+        // readable line would show it twice). The status is recorded by
+        // `observe`, after the request line that states it.
         if let Some(pattern) = req.match_pattern() {
             tracing::Span::current().record("route", pattern.as_str());
+            actix_web::HttpMessage::extensions_mut(&req).insert(crate::metrics::RouteOnSpan);
         }
         let res = next.call(req).await?;
         let status = res.status();
-        tracing::Span::current().record("status", status.as_u16());
         let is_json = res
             .headers()
             .get(header::CONTENT_TYPE)

@@ -6,13 +6,31 @@ use actix_web::{HttpResponse, web};
 use depot_domain::Scope;
 use serde_json::json;
 
+/// For an access token: the private key's id, the token's scopes, and for
+/// a per-repo token its grant as `access` (repo name to `read-repo` or
+/// `write-repo`).
 pub async fn whoami(caller: Caller) -> HttpResponse {
     let k = &caller.key;
-    HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "org": { "id": k.org_id, "slug": k.org_slug, "name": k.org_name },
         "key_id": k.id,
         "scopes": k.scopes,
-    }))
+    });
+    if let Some(access) = &caller.access {
+        let access: serde_json::Map<String, serde_json::Value> = access
+            .iter()
+            .map(|(repo, scope)| {
+                let level = if *scope >= Scope::Write {
+                    "write-repo"
+                } else {
+                    "read-repo"
+                };
+                (repo.clone(), level.into())
+            })
+            .collect();
+        body["access"] = access.into();
+    }
+    HttpResponse::Ok().json(body)
 }
 
 pub async fn get(

@@ -175,8 +175,27 @@ async fn checked_upstream(
     Ok(input)
 }
 
+/// 400 `UPSTREAM_AUTH_REQUIRED`: a stored credential was given for one
+/// origin and is never carried to another one by omission.
+fn auth_required() -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "UPSTREAM_AUTH_REQUIRED",
+        "upstream.url names another origin (scheme, host or port) than the stored credential \
+         was given for: send upstream.auth with the credential for the new origin, \
+         or \"auth\": null for none",
+    )
+    .with_detail("field", "upstream.auth")
+}
+
 /// Seal the new credential, or keep (`Absent`) / clear (`Null`) the stored
 /// one. `input.url` has passed the policy already.
+///
+/// A credential is bound to the origin of the URL it was given with
+/// (sealed with it, crates/secrets): keeping it is allowed only while the
+/// origin stays the same (another path on the same server is fine), so a
+/// key with `write` scope cannot point a stored credential at a server it
+/// controls and read it from the `Authorization` header.
 fn build_upstream(
     state: &AppState,
     repo_id: &str,
@@ -184,18 +203,27 @@ fn build_upstream(
     current: Option<&Upstream>,
 ) -> Result<Upstream, ApiError> {
     let url = input.url;
+    // Every URL that passed the policy has one (http/https with a host).
+    let origin = depot_domain::policy::origin(&url)
+        .ok_or_else(|| ApiError::invalid("upstream.url", "upstream.url has no origin"))?;
     let (auth_kind, credential) = match input.auth {
         Field::Present(cred) => {
             let sealed = state
                 .credential_key
-                .seal_credential(&cred, repo_id)
+                .seal_credential(&cred, repo_id, &origin)
                 .map_err(ApiError::internal)?;
             (Some(cred.kind().to_string()), Some(sealed))
         }
         Field::Null => (None, None),
-        Field::Absent => current
-            .map(|u| (u.auth_kind.clone(), u.credential.clone()))
-            .unwrap_or((None, None)),
+        Field::Absent => match current {
+            Some(u) if u.credential.is_some() => {
+                if depot_domain::policy::origin(&u.url).as_deref() != Some(origin.as_str()) {
+                    return Err(auth_required());
+                }
+                (u.auth_kind.clone(), u.credential.clone())
+            }
+            _ => (None, None),
+        },
     };
     Ok(Upstream {
         url,
@@ -339,7 +367,7 @@ pub async fn get(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (org, name) = path.into_inner();
-    caller.for_org(&org, Scope::Read)?;
+    caller.for_repo(&org, &name, Scope::Read)?;
     let client = caller.db(&state.pool).await?;
     let repo = load_repo(&client, &caller.key.org_id, &name).await?;
     Ok(HttpResponse::Ok().json(render(&client, &repo, &caller.key.org_slug).await?))
@@ -352,7 +380,7 @@ pub async fn update(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (org, name) = path.into_inner();
-    caller.for_org(&org, Scope::Write)?;
+    caller.for_repo(&org, &name, Scope::Write)?;
     // Not held while the body arrives: a slow client would hold a pool slot.
     caller.release_db();
     let body =
@@ -415,7 +443,7 @@ pub async fn delete(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (org, name) = path.into_inner();
-    caller.for_org(&org, Scope::Write)?;
+    caller.for_repo(&org, &name, Scope::Write)?;
     let client = caller.db(&state.pool).await?;
     let repo = load_repo(&client, &caller.key.org_id, &name).await?;
     if !depot_store::repos::delete_and_schedule_purge(&client, &repo.id, &caller.key.org_id).await?

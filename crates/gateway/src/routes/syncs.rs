@@ -100,7 +100,7 @@ pub async fn create(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let (org, repo_name) = path.into_inner();
-    caller.for_org(&org, Scope::Write)?;
+    caller.for_repo(&org, &repo_name, Scope::Write)?;
     // Not held while the body arrives: a slow client would hold a pool slot.
     caller.release_db();
     let body =
@@ -121,7 +121,15 @@ pub async fn create(
     let mut client = caller.db(&state.pool).await?;
     let tx = client.transaction().await?;
     if let Some(key) = &idem_key {
-        match idempotency::reserve(&tx, &caller.key.org_id, key, &request_hash).await? {
+        match idempotency::reserve(
+            &tx,
+            &caller.key.org_id,
+            key,
+            &request_hash,
+            state.settings.gateway.idempotency_retention(),
+        )
+        .await?
+        {
             Reservation::Fresh => {}
             Reservation::Replay { status, body } => {
                 let status =
@@ -252,7 +260,7 @@ pub async fn get(
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (org, repo_name, sync_id) = path.into_inner();
-    caller.for_org(&org, Scope::Read)?;
+    caller.for_repo(&org, &repo_name, Scope::Read)?;
     if !is_valid_name(&repo_name) {
         return Err(ApiError::not_found("repository"));
     }
@@ -278,7 +286,7 @@ pub async fn list(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (org, repo_name) = path.into_inner();
-    caller.for_org(&org, Scope::Read)?;
+    caller.for_repo(&org, &repo_name, Scope::Read)?;
     let limit = pagination::limit(query.limit.as_deref())?;
     let before = match &query.cursor {
         Some(c) => pagination::decode("s", c)?,

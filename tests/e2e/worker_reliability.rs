@@ -1,0 +1,350 @@
+//! The worker's reliability limits (issue 11): no database wait is
+//! unbounded, a run never outlives its lease, a sync released at shutdown
+//! never meets a young lock of its last run, and the lost-message
+//! republish never multiplies a backlog.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use depot_e2e::worker::*;
+use depot_e2e::{EnvOptions, TestEnv, UPSTREAM_PASSWORD, UPSTREAM_USER, Upstream, eventually};
+use depot_testkit::TcpProxy;
+use serde_json::json;
+use std::time::Duration;
+
+/// Create repo `name` in `org` mirroring `up`; returns its id.
+async fn repo_in(env: &TestEnv, key: &str, org: &str, name: &str, up: &Upstream) -> String {
+    let (status, repo) = env
+        .call(
+            "POST",
+            &format!("/v1/{org}/repos"),
+            Some(key),
+            Some(&json!({
+                "name": name,
+                "upstream": {
+                    "url": up.url(),
+                    "auth": {
+                        "kind": "username_password",
+                        "username": UPSTREAM_USER,
+                        "password": UPSTREAM_PASSWORD,
+                    }
+                }
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{repo}");
+    repo["id"].as_str().unwrap().to_string()
+}
+
+async fn pull_in(env: &TestEnv, key: &str, org: &str, repo: &str) -> String {
+    let (status, sync) = env
+        .call(
+            "POST",
+            &format!("/v1/{org}/{repo}/upstream/syncs"),
+            Some(key),
+            Some(&json!({"direction": "pull"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{sync}");
+    sync["id"].as_str().unwrap().to_string()
+}
+
+/// Item 2: an org whose row stays locked (an operator's open transaction,
+/// a stuck claimer) holds none of a worker's permits: its claims give up
+/// after `worker.claim_lock_timeout_ms` and come back later without
+/// spending an attempt, and another org's sync runs meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_org_row_blocks_neither_other_orgs_nor_spends_attempts() {
+    let up = Upstream::start("project").unwrap();
+    up.work.commit("main", "m1").unwrap();
+    up.publish().unwrap();
+    // One worker, worker.concurrency 2 (the test environment's value).
+    let env = TestEnv::start(EnvOptions::default()).await.unwrap();
+    let key_a = env.org_and_key(ORG, "read,write").unwrap();
+    let key_b = env.org_and_key("beta", "read,write").unwrap();
+    let mut blocked = Vec::new();
+    for i in 0..3 {
+        let name = format!("a{i}");
+        repo_in(&env, &key_a, ORG, &name, &up).await;
+        blocked.push(name);
+    }
+    repo_in(&env, &key_b, "beta", "b0", &up).await;
+
+    // Held like `SELECT … FOR NO KEY UPDATE` in psql, in a transaction
+    // left open.
+    let holder = env.db().await.unwrap();
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .execute(
+            "SELECT 1 FROM orgs WHERE slug = $1 FOR NO KEY UPDATE",
+            &[&ORG],
+        )
+        .await
+        .unwrap();
+
+    // More syncs of the locked org than the worker has permits.
+    let mut ids = Vec::new();
+    for name in &blocked {
+        ids.push((name.clone(), pull_in(&env, &key_a, ORG, name).await));
+    }
+    let other = pull_in(&env, &key_b, "beta", "b0").await;
+    let done = env
+        .wait_for_sync(&key_b, "beta", "b0", &other, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("the other org's sync never ran: {e:#}\n{}", env.all_logs()));
+    assert_eq!(done["status"], "completed", "{done}");
+
+    for (_, id) in &ids {
+        assert_eq!(
+            db_state(&env, id).await.unwrap(),
+            ("queued".to_string(), 0),
+            "a blocked claim changed its sync"
+        );
+    }
+
+    holder.batch_execute("COMMIT").await.unwrap();
+    for (name, id) in &ids {
+        let done = env
+            .wait_for_sync(&key_a, ORG, name, id, SYNC_LIMIT)
+            .await
+            .unwrap();
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["attempt"], 1, "waiting for the lock cost an attempt");
+    }
+    env.cleanup().await.unwrap();
+}
+
+/// The database URL of `env`, through `proxy` instead of straight to Postgres.
+fn url_through(env: &TestEnv, proxy: &TcpProxy) -> String {
+    env.env["DEPOT__DATABASE__URL"].replace("127.0.0.1:5432", &proxy.addr().to_string())
+}
+
+/// Item 3: a worker cut off from Postgres in the middle of a run stops that
+/// run before its lease can run out, so when the sweeper hands the sync to
+/// another worker the two runs never overlap (the upstream never serves the
+/// repository to two clients at once), and the sync ends `completed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_postgres_stops_its_run_before_the_lease_is_handed_on() {
+    let up = Upstream::start("project").unwrap();
+    // About 1.5 MB that does not compress: at 100 kB/s the fetch takes
+    // longer than a lease, and keeps libgit2's progress callbacks running.
+    let noise: Vec<u8> = (0..1_500_000).map(|_| rand::random::<u8>()).collect();
+    std::fs::write(up.work.path().join("noise.bin"), noise).unwrap();
+    up.work.commit("main", "m1").unwrap();
+    up.publish().unwrap();
+    let mut env = TestEnv::start(EnvOptions {
+        workers: 0,
+        extra_env: vec![
+            // One permit each: the cut-off worker's permit stays with the
+            // run that is writing its outcome, so it takes no other job.
+            ("DEPOT__WORKER__CONCURRENCY".into(), "1".into()),
+            ("DEPOT__WORKER__REQUEUE_AFTER_SECONDS".into(), "3".into()),
+        ],
+    })
+    .await
+    .unwrap();
+    let key = env.org_and_key(ORG, "read,write").unwrap();
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).unwrap();
+    let proxied = url_through(&env, &proxy);
+    let cut_off = env
+        .start_worker_with(&[("DEPOT__DATABASE__URL", &proxied)])
+        .unwrap();
+    create_repo(&env, &key, "mirror", &up, None).await.unwrap();
+
+    up.server.set_pace(Some(100_000));
+    let sync = post_sync(&env, &key, "mirror", json!({"direction": "pull"}))
+        .await
+        .unwrap();
+    let id = sync["id"].as_str().unwrap().to_string();
+    wait_in_progress(&env, &key, "mirror", &id, 1)
+        .await
+        .unwrap();
+    eventually(SYNC_LIMIT, "the fetch to start", || async {
+        Ok((up.server.request_count() >= 2).then_some(()))
+    })
+    .await
+    .unwrap();
+    env.start_worker().unwrap();
+    proxy.cut();
+
+    let done = env
+        .wait_for_sync(&key, ORG, "mirror", &id, Duration::from_secs(150))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", env.all_logs()));
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempt"], 2, "{done}");
+    assert_eq!(
+        up.server.max_in_flight_for("project"),
+        1,
+        "two runs of the repository overlapped\n{}",
+        env.all_logs()
+    );
+    assert!(
+        env.workers[cut_off]
+            .log_text()
+            .contains("no renewal confirmed within the lease"),
+        "the cut-off run did not stop itself"
+    );
+    env.cleanup().await.unwrap();
+}
+
+/// Item 4: a worker stopped (SIGTERM, `worker.grace_seconds` = 1) in the
+/// middle of a pull of thousands of refs gives the sync back so that the
+/// next run never meets a young `.lock` left by the stopped one: after a
+/// restart, the sync completes without `lock_contention`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_released_at_shutdown_never_meets_a_young_lock_of_its_last_run() {
+    const BRANCHES: usize = 3000;
+    let up = Upstream::start("project").unwrap();
+    let c1 = up.work.commit("main", "m1").unwrap();
+    up.publish().unwrap();
+    let mut lines = String::new();
+    for i in 0..BRANCHES {
+        lines.push_str(&format!("create refs/heads/b{i:05} {c1}\n"));
+    }
+    let mut update = depot_e2e::fixture::git_command()
+        .arg("--git-dir")
+        .arg(&up.bare)
+        .args(["update-ref", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    update
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    assert!(update.wait().unwrap().success());
+
+    let mut env = TestEnv::start(EnvOptions {
+        workers: 1,
+        extra_env: vec![("DEPOT__WORKER__GRACE_SECONDS".into(), "1".into())],
+    })
+    .await
+    .unwrap();
+    let key = env.org_and_key(ORG, "read,write").unwrap();
+    let repo_id = create_repo(&env, &key, "mirror", &up, None).await.unwrap();
+    let hosted = env.hosted_repo_path(&repo_id).await.unwrap();
+    let sync = post_sync(&env, &key, "mirror", json!({"direction": "pull"}))
+        .await
+        .unwrap();
+    let id = sync["id"].as_str().unwrap().to_string();
+    wait_in_progress(&env, &key, "mirror", &id, 1)
+        .await
+        .unwrap();
+    // Stop it while it writes refs: first the quarantine, then the branches.
+    eventually(SYNC_LIMIT, "the run to write refs", || async {
+        Ok(hosted.join("refs/depot/incoming").exists().then_some(()))
+    })
+    .await
+    .unwrap();
+    let code = env.workers[0].terminate(Duration::from_secs(30)).unwrap();
+    assert_eq!(code, Some(0));
+
+    env.start_worker().unwrap();
+    let done = env
+        .wait_for_sync(&key, ORG, "mirror", &id, SYNC_LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}\n{}", env.all_logs());
+    assert_eq!(stat_names(&done).len(), BRANCHES + 1, "every ref matched");
+    let contention = log_lines_with(&env, "lock_contention");
+    assert!(contention.is_empty(), "{contention:#?}");
+    env.cleanup().await.unwrap();
+}
+
+/// Item 8: with one worker running one sync at a time behind a slow
+/// upstream and a backlog of 300 queued syncs, every sync's message waits
+/// in the jobs queue longer than `worker.requeue_after_seconds`; the
+/// lost-message pass must not publish them again, so the queue never holds
+/// more than the backlog plus a few.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_waiting_in_the_queue_is_never_published_again() {
+    const BACKLOG: usize = 300;
+    let up = Upstream::start("project").unwrap();
+    up.work.commit("main", "m1").unwrap();
+    up.publish().unwrap();
+    let env = TestEnv::start(EnvOptions {
+        workers: 1,
+        extra_env: vec![
+            ("DEPOT__WORKER__CONCURRENCY".into(), "1".into()),
+            ("DEPOT__WORKER__REQUEUE_AFTER_SECONDS".into(), "2".into()),
+        ],
+    })
+    .await
+    .unwrap();
+    let key = env.org_and_key(ORG, "read,write").unwrap();
+    create_repo(&env, &key, "mirror", &up, None).await.unwrap();
+    up.server.set_delay(Some(Duration::from_millis(500)));
+    for i in 0..BACKLOG {
+        // Distinct globs: distinct syncs, none refused as already queued.
+        post_sync(
+            &env,
+            &key,
+            "mirror",
+            json!({"direction": "pull", "ref_globs": {"branches": format!("b{i}")}}),
+        )
+        .await
+        .unwrap();
+    }
+    let broker = broker(&env).await.unwrap();
+    let jobs = broker.topology().jobs_queue();
+    let mut most = 0u32;
+    // Long past requeue_after (2 s) for every message in the queue, while
+    // the worker gets through only a few of them.
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < until {
+        most = most.max(broker.queue_depth(&jobs).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let db = env.db().await.unwrap();
+    let queued: i64 = db
+        .query_one("SELECT count(*) FROM syncs WHERE status = 'queued'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(queued > 200, "the backlog drained; the test proves nothing");
+    assert!(
+        most <= BACKLOG as u32 + 5,
+        "the jobs queue held {most} messages for {BACKLOG} syncs"
+    );
+    broker.close().await;
+    env.cleanup().await.unwrap();
+}
+
+/// Item 8, the other side: a sync whose message really is lost (here it
+/// never had one: inserted without an outbox row) is published again and
+/// runs, and the pass counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_really_lost_message_is_published_again() {
+    let up = Upstream::start("project").unwrap();
+    up.work.commit("main", "m1").unwrap();
+    up.publish().unwrap();
+    let env = TestEnv::start(EnvOptions {
+        workers: 1,
+        extra_env: vec![("DEPOT__WORKER__REQUEUE_AFTER_SECONDS".into(), "2".into())],
+    })
+    .await
+    .unwrap();
+    let key = env.org_and_key(ORG, "read,write").unwrap();
+    let repo_id = create_repo(&env, &key, "mirror", &up, None).await.unwrap();
+    let db = env.db().await.unwrap();
+    db.execute(
+        "INSERT INTO syncs (id, repo_id, direction, branches_glob, tags_glob)
+         VALUES ('sync_lostmessage00000001', $1, 'pull', '*', '*')",
+        &[&repo_id],
+    )
+    .await
+    .unwrap();
+    let done = env
+        .wait_for_sync(&key, ORG, "mirror", "sync_lostmessage00000001", SYNC_LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+    let republished = log_lines_with(&env, "re-published job");
+    assert_eq!(republished.len(), 1, "{republished:#?}");
+    env.cleanup().await.unwrap();
+}
