@@ -235,9 +235,13 @@ async fn a_sync_released_at_shutdown_never_meets_a_young_lock_of_its_last_run() 
     wait_in_progress(&env, &key, "mirror", &id, 1)
         .await
         .unwrap();
-    // Stop it while it writes refs: first the quarantine, then the branches.
+    // Stop it while it writes refs: each branch is written loose, one by
+    // one, once the download is done (packed only at the end of the run).
     eventually(SYNC_LIMIT, "the run to write refs", || async {
-        Ok(hosted.join("refs/depot/incoming").exists().then_some(()))
+        let written = std::fs::read_dir(hosted.join("refs/heads"))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        Ok(written.then_some(()))
     })
     .await
     .unwrap();

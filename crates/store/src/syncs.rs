@@ -595,7 +595,6 @@ pub async fn count_expecting_message(client: &impl GenericClient, settle: Durati
         .query_one(&stmt, &[&settle.as_secs_f64()])
         .await?
         .get(0))
-
 }
 
 /// Sync history retention: delete up to `limit` terminal syncs that are

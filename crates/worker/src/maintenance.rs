@@ -340,6 +340,17 @@ impl MaintenanceMetrics {
         registry
             .register(Box::new(git_available.clone()))
             .expect("register");
+        // Every series at 0 from the start, so alerts see 0 rather than no
+        // data (docs/operations.md lists them).
+        for trigger in TRIGGERS {
+            for outcome in OUTCOMES {
+                runs.with_label_values(&[trigger, outcome]);
+            }
+            duration.with_label_values(&[trigger]);
+        }
+        for table in RETENTION_TABLES {
+            deleted.with_label_values(&[table]);
+        }
         MaintenanceMetrics {
             runs,
             duration,
@@ -349,3 +360,7 @@ impl MaintenanceMetrics {
         }
     }
 }
+
+const TRIGGERS: [&str; 2] = ["after_pull", "maintenance"];
+const OUTCOMES: [&str; 5] = ["done", "nothing_to_do", "absent", "cancelled", "failed"];
+const RETENTION_TABLES: [&str; 2] = ["syncs", "idempotency_keys"];

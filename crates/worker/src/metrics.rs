@@ -111,6 +111,8 @@ const RELAY_RESULTS: [&str; 2] = ["ok", "error"];
 const LEASE_RESULTS: [&str; 2] = ["requeued", "failed"];
 const QUEUES: [&str; 2] = ["jobs", "dead"];
 const DEPENDENCIES: [&str; 2] = ["database", "broker"];
+/// Upstream traffic: `in` received, `out` sent.
+const FLOWS: [&str; 2] = ["in", "out"];
 
 impl WorkerMetrics {
     /// Touch every label combination the worker can ever report, so each
@@ -131,6 +133,11 @@ impl WorkerMetrics {
                 self.attempts.with_label_values(&[d, kind]);
             }
             self.queue_lag.with_label_values(&[d]);
+            for flow in FLOWS {
+                self.upstream_bytes.with_label_values(&[d, flow]);
+                self.run_bytes.with_label_values(&[d, flow]);
+            }
+            self.upstream_connections.with_label_values(&[d]);
         }
         for source in RELAY_SOURCES {
             for result in RELAY_RESULTS {
@@ -342,7 +349,8 @@ pub(crate) fn run_ended(
 pub(crate) fn transferred(direction: Direction, t: &depot_gitsync::Transfer) {
     let m = metrics();
     let d = direction.as_str();
-    for (flow, bytes) in [("in", t.bytes_in()), ("out", t.bytes_out())] {
+    let [flow_in, flow_out] = FLOWS;
+    for (flow, bytes) in [(flow_in, t.bytes_in()), (flow_out, t.bytes_out())] {
         m.upstream_bytes.with_label_values(&[d, flow]).inc_by(bytes);
         m.run_bytes
             .with_label_values(&[d, flow])
