@@ -1,7 +1,7 @@
 //! The worker's reliability limits (issue 11): no database wait is
 //! unbounded, a run never outlives its lease, a sync released at shutdown
-//! never meets a young lock of its last run, and the lost-message
-//! republish never multiplies a backlog.
+//! never meets a young lock of its last run (stopped or abandoned), and
+//! the lost-message republish never multiplies a backlog.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -192,7 +192,9 @@ async fn a_worker_cut_off_from_postgres_stops_its_run_before_the_lease_is_handed
 /// Item 4: a worker stopped (SIGTERM, `worker.grace_seconds` = 1) in the
 /// middle of a pull of thousands of refs gives the sync back so that the
 /// next run never meets a young `.lock` left by the stopped one: after a
-/// restart, the sync completes without `lock_contention`.
+/// restart, the sync completes without `lock_contention`. (Here the git
+/// thread sees the stop before its next ref and stops in time; a thread
+/// that cannot is the next test's.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_released_at_shutdown_never_meets_a_young_lock_of_its_last_run() {
     const BRANCHES: usize = 3000;
@@ -255,6 +257,115 @@ async fn a_sync_released_at_shutdown_never_meets_a_young_lock_of_its_last_run() 
         .unwrap();
     assert_eq!(done["status"], "completed", "{done}\n{}", env.all_logs());
     assert_eq!(stat_names(&done).len(), BRANCHES + 1, "every ref matched");
+    let contention = log_lines_with(&env, "lock_contention");
+    assert!(contention.is_empty(), "{contention:#?}");
+    env.cleanup().await.unwrap();
+}
+
+/// Item 4, a git thread that cannot stop in time: its run is stuck reading
+/// a paced ref advertisement (no libgit2 callback runs meanwhile, so it
+/// never sees its cancel flag) past `worker.grace_seconds` plus the 2 s
+/// abandon bound. Whatever that thread may have written until the process
+/// exited, the sync is not claimed again before it is half a lease old,
+/// the age at which the next pull removes a stale `.lock`: the released
+/// sync shows that in `next_attempt_at`, the next attempt starts no
+/// earlier, and it completes without `lock_contention`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_abandoned_at_shutdown_is_claimed_again_only_once_its_locks_are_stale() {
+    const LEASE_SECONDS: f64 = 10.0;
+    let up = Upstream::start("project").unwrap();
+    up.work.commit("main", "m1").unwrap();
+    up.publish().unwrap();
+    let mut env = TestEnv::start(EnvOptions {
+        workers: 1,
+        extra_env: vec![
+            ("DEPOT__WORKER__GRACE_SECONDS".into(), "1".into()),
+            (
+                "DEPOT__WORKER__LEASE_SECONDS".into(),
+                LEASE_SECONDS.to_string(),
+            ),
+        ],
+    })
+    .await
+    .unwrap();
+    let key = env.org_and_key(ORG, "read,write").unwrap();
+    create_repo(&env, &key, "mirror", &up, None).await.unwrap();
+    // About 30 s for the few hundred bytes of the advertisement: far past
+    // grace + abandon bound, yet the link never stalls.
+    up.server.set_pace(Some(10));
+    let before = up.server.request_count();
+    let sync = post_sync(&env, &key, "mirror", json!({"direction": "pull"}))
+        .await
+        .unwrap();
+    let id = sync["id"].as_str().unwrap().to_string();
+    wait_in_progress(&env, &key, "mirror", &id, 1)
+        .await
+        .unwrap();
+    eventually(SYNC_LIMIT, "the run to ask for the refs", || async {
+        Ok((up.server.request_count() > before).then_some(()))
+    })
+    .await
+    .unwrap();
+    let code = env.workers[0].terminate(Duration::from_secs(30)).unwrap();
+    assert_eq!(code, Some(0));
+    let db = env.db().await.unwrap();
+    // The database's clock, as every timestamp compared below: no thread
+    // of the stopped worker writes after this moment.
+    let exited: String = db
+        .query_one("SELECT now()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        env.workers[0]
+            .log_text()
+            .contains("run did not stop in time"),
+        "the git thread stopped in time; the test proves nothing\n{}",
+        env.all_logs()
+    );
+    let seconds_after_exit = |at: String| {
+        let db = &db;
+        let exited = exited.clone();
+        async move {
+            let row = db
+                .query_one(
+                    "SELECT extract(epoch FROM $1::text::timestamptz - $2::text::timestamptz)::float8",
+                    &[&at, &exited],
+                )
+                .await
+                .unwrap();
+            row.get::<_, f64>(0)
+        }
+    };
+
+    let released = get_sync(&env, &key, "mirror", &id).await.unwrap();
+    assert_eq!(released["status"], "queued", "{released}");
+    let next = released["next_attempt_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no next_attempt_at: {released}"))
+        .to_string();
+    let next_after = seconds_after_exit(next).await;
+    assert!(
+        next_after >= LEASE_SECONDS / 2.0,
+        "next attempt allowed {next_after:.1} s after the worker exited, \
+         before its locks are stale ({} s)\n{released}",
+        LEASE_SECONDS / 2.0
+    );
+
+    up.server.set_pace(None);
+    env.start_worker().unwrap();
+    let done = env
+        .wait_for_sync(&key, ORG, "mirror", &id, SYNC_LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}\n{}", env.all_logs());
+    assert_eq!(done["attempt"], 2, "{done}");
+    let started = done["started_at"].as_str().unwrap().to_string();
+    let started_after = seconds_after_exit(started).await;
+    assert!(
+        started_after >= LEASE_SECONDS / 2.0,
+        "attempt 2 started {started_after:.1} s after the worker exited\n{done}"
+    );
     let contention = log_lines_with(&env, "lock_contention");
     assert!(contention.is_empty(), "{contention:#?}");
     env.cleanup().await.unwrap();
