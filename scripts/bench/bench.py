@@ -1082,6 +1082,8 @@ class Bench:
     def series_rows(self, tag: str, what: str, times: list[float], base_times: list[float], base_what: str,
                     shape: dict, shape0: dict) -> None:
         n = len(times)
+        if not n:
+            return
         k = min(INC_WINDOW, n // 2) or 1
         first, last = statistics.median(times[:k]), statistics.median(times[-k:])
         self.row(f"{tag}. {n} incremental {what} of a {INC_REFS}-ref repository: median of the last {k}",
