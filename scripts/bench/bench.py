@@ -24,7 +24,14 @@ Environment knobs (defaults in brackets):
   BENCH_LARGE_LIMIT  seconds a large-repository sync may take [300]
   BENCH_PORT_BASE    ports used: BASE+80 gateway, BASE+18 upstream,
                      BASE+90.. worker metrics [18400]
-  BENCH_ONLY         comma-separated phases to run: polling,enqueue,large,scaling
+  BENCH_INC_PULLS    incremental pulls of the 1,000-ref repository [300]
+  BENCH_INC_PUSHES   incremental pushes of it [100]
+  BENCH_INC_REFS     refs of that repository (main + branches) [1000]
+  BENCH_INC_COMMITS  commits of its history [2000]
+  BENCH_ONLY         comma-separated phases to run:
+                     polling,enqueue,large,incremental,scaling; `noop` runs
+                     only the large pull and its no-op re-syncs (3a-3c),
+                     without the pushes of `large`
   BENCH_KEEP=1       keep the temporary directory and database
   BENCH_NO_DOC=1     do not rewrite docs/benchmarks.md
 """
@@ -73,6 +80,13 @@ GATEWAY_PORT = PORT_BASE + 80
 UPSTREAM_PORT = PORT_BASE + 18
 METRICS_PORT = PORT_BASE + 90
 LARGE_LIMIT = env_int("BENCH_LARGE_LIMIT", 300)  # seconds one large sync may take
+INC_PULLS = env_int("BENCH_INC_PULLS", 300)
+INC_PUSHES = env_int("BENCH_INC_PUSHES", 100)
+INC_REFS = env_int("BENCH_INC_REFS", 1000)
+INC_COMMITS = env_int("BENCH_INC_COMMITS", 2000)
+INC_WINDOW = 10  # syncs at each end of the incremental series whose medians are compared
+PHASES = ("polling", "enqueue", "large", "noop", "incremental", "scaling")
+ONLY = os.environ.get("BENCH_ONLY", "polling,enqueue,large,incremental,scaling").split(",")
 # Distinct syncs polled. pgbench gets one script per sync (literal ids: the
 # very statement the gateway runs), and with -M prepared every client
 # prepares every script once: keep it small so that is amortized.
@@ -452,6 +466,68 @@ def gen_small_repo(path: str, scratch: str) -> None:
         raise BenchError("git fast-import failed (small)")
 
 
+def gen_inc_repo(path: str) -> None:
+    """INC_COMMITS commits on main and INC_REFS - 1 branches spread over
+    them, refs packed: the 1,000-ref repository of the incremental series."""
+    init_bare(path)
+    fi = subprocess.Popen(["git", "--git-dir", path, "fast-import", "--quiet", "--done"],
+                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert fi.stdin is not None
+    buf: list[bytes] = []
+    for n in range(1, INC_COMMITS + 1):
+        body = f"revision {n}\n".encode()
+        msg = f"Change {n}\n".encode()
+        buf.append(b"commit refs/heads/main\nmark :%d\ncommitter Bench <bench@example.com> %d +0000\n"
+                   b"data %d\n%s\nM 100644 inline dir%d/file%02d.txt\ndata %d\n%s\n"
+                   % (n, 1_600_000_000 + n * 60, len(msg), msg, n % 10, n % 50, len(body), body))
+    branches = max(0, INC_REFS - 1)
+    for i in range(branches):
+        mark = 1 + (i * (INC_COMMITS - 1)) // max(1, branches - 1)
+        buf.append(b"reset refs/heads/feature/%05d\nfrom :%d\n\n" % (i, mark))
+    buf.append(b"done\n")
+    fi.stdin.write(b"".join(buf))
+    fi.stdin.close()
+    if fi.wait() != 0:
+        raise BenchError("git fast-import failed (incremental)")
+    run(["git", "--git-dir", path, "pack-refs", "--all"])
+
+
+def add_commit(git_dir: str, branch: str, n: int) -> str:
+    """One new commit on `branch` changing one file, written with plumbing
+    as loose objects (a fast-import per commit would add a pack per commit
+    to the repository and slow down its side of the series). Deterministic:
+    the same (branch tip, n) gives the same commit id in any repository."""
+    g = ["git", "--git-dir", git_dir]
+    env = dict(os.environ, GIT_AUTHOR_NAME="Bench", GIT_AUTHOR_EMAIL="bench@example.com",
+               GIT_COMMITTER_NAME="Bench", GIT_COMMITTER_EMAIL="bench@example.com",
+               GIT_AUTHOR_DATE=f"{1_700_000_000 + n} +0000", GIT_COMMITTER_DATE=f"{1_700_000_000 + n} +0000")
+    ref = f"refs/heads/{branch}"
+    parent = run(g + ["rev-parse", ref], capture_output=True, text=True).stdout.strip()
+    blob = run(g + ["hash-object", "-w", "--stdin"], input=f"incremental change {n}\n", stdin=None,
+               capture_output=True, text=True).stdout.strip()
+    listing = run(g + ["ls-tree", f"{parent}^{{tree}}"], capture_output=True, text=True).stdout.splitlines()
+    listing = [l for l in listing if not l.endswith("\tincremental.txt")]
+    listing.append(f"100644 blob {blob}\tincremental.txt")
+    tree = run(g + ["mktree"], input="\n".join(listing) + "\n", stdin=None, capture_output=True,
+               text=True).stdout.strip()
+    commit = run(g + ["commit-tree", tree, "-p", parent, "-m", f"incremental {n}"], env=env,
+                 capture_output=True, text=True).stdout.strip()
+    run(g + ["update-ref", ref, commit, parent])
+    return commit
+
+
+def repo_shape(git_dir: str) -> dict:
+    """Packs, loose refs and loose objects of a bare repository."""
+    pack_dir = os.path.join(git_dir, "objects", "pack")
+    packs = len([f for f in os.listdir(pack_dir) if f.endswith(".pack")]) if os.path.isdir(pack_dir) else 0
+    loose_refs = sum(len(files) for _, _, files in os.walk(os.path.join(git_dir, "refs")))
+    loose_objects = 0
+    for d in os.listdir(os.path.join(git_dir, "objects")):
+        if len(d) == 2:
+            loose_objects += len(os.listdir(os.path.join(git_dir, "objects", d)))
+    return dict(packs=packs, loose_refs=loose_refs, loose_objects=loose_objects)
+
+
 def count_refs(git_dir: str) -> int:
     out = run(["git", "--git-dir", git_dir, "for-each-ref", "--format=x", "refs/heads", "refs/tags"],
               capture_output=True, text=True).stdout
@@ -667,17 +743,21 @@ class Bench:
                 raise BenchError(f"port {port} is in use: set BENCH_PORT_BASE to another base")
         log(f"work dir {self.work}, database {DB}, broker namespace {NAMESPACE}")
         t = time.monotonic()
-        gen_large_repo(os.path.join(self.upstream_root, "large.git"))
-        gen_subset_repo(os.path.join(self.upstream_root, "large.git"),
-                        os.path.join(self.upstream_root, "medium.git"), MEDIUM_REFS)
+        # The large repository takes a while to generate: only for the
+        # phases that use it.
+        if "large" in ONLY or "noop" in ONLY:
+            gen_large_repo(os.path.join(self.upstream_root, "large.git"))
+            gen_subset_repo(os.path.join(self.upstream_root, "large.git"),
+                            os.path.join(self.upstream_root, "medium.git"), MEDIUM_REFS)
+            self.large_refs = count_refs(os.path.join(self.upstream_root, "large.git"))
+            log(f"generated large repository: {COMMITS} commits, {self.large_refs} refs "
+                f"({time.monotonic() - t:.1f}s)")
+        if "incremental" in ONLY:
+            gen_inc_repo(os.path.join(self.upstream_root, "inc.git"))
         gen_small_repo(os.path.join(self.upstream_root, "small.git"), self.work)
-        init_bare(os.path.join(self.upstream_root, "push-depot.git"))
-        init_bare(os.path.join(self.upstream_root, "push-git.git"))
-        init_bare(os.path.join(self.upstream_root, "push-depot-medium.git"))
-        init_bare(os.path.join(self.upstream_root, "push-git-medium.git"))
-        self.large_refs = count_refs(os.path.join(self.upstream_root, "large.git"))
-        log(f"generated large repository: {COMMITS} commits, {self.large_refs} refs "
-            f"({time.monotonic() - t:.1f}s)")
+        for name in ("push-depot", "push-git", "push-depot-medium", "push-git-medium", "push-inc-depot",
+                     "push-inc-git"):
+            init_bare(os.path.join(self.upstream_root, f"{name}.git"))
         self.upstream = Proc("upstream", [self.bin("depot-dev-upstream"), "--root", self.upstream_root,
                                           "--listen", f"127.0.0.1:{UPSTREAM_PORT}"], self.env(), self.logs)
         wait_until("git upstream", lambda: port_open(UPSTREAM_PORT), 30, self.upstream)
@@ -895,8 +975,15 @@ class Bench:
                      f"{mpeak / 1024:.1f} MiB", "git clone --mirror of it: peak RSS (largest process)",
                      f"{rss_mclone / 1024:.1f} MiB", mpeak / rss_mclone, "lower")
         self.stop_workers()
-        repo = self.create_repo("large", "large")
         [w] = self.start_workers(1, DEPOT__WORKER__MAX_ATTEMPTS="1")
+        self.large_pull(mirror, w, t_clone, rss_clone, idle_rss)
+        self.noop_resyncs(mirror)
+        self.large_push(mirror, medium_mirror)
+
+    def large_pull(self, mirror: str, w: Proc, t_clone: float, rss_clone: int, idle_rss: int) -> None:
+        """3a and 6a'/6a'': the pull of the large repository into a fresh
+        hosted one, by worker `w`."""
+        repo = self.create_repo("large", "large")
         log("3. large pull: depot pull sync")
         t_pull, s = self.timed_sync("large", "pull", LARGE_LIMIT)
         peak = w.status_kb("VmHWM")
@@ -924,6 +1011,8 @@ class Bench:
         self.row(f"6a'. worker peak RSS during the large pull{rss_note}", f"{peak / 1024:.1f} MiB",
                  "a fresh worker's RSS when idle", f"{idle_rss / 1024:.1f} MiB", peak / idle_rss, "lower")
 
+    def noop_resyncs(self, mirror: str) -> None:
+        """3b/3c: re-syncs of the large repository with nothing changed."""
         log("3. no-op re-sync vs git ls-remote / git fetch")
         noop = []
         for _ in range(3):
@@ -943,6 +1032,10 @@ class Bench:
             self.row(f"3c. no-op re-sync, {self.large_refs} refs", f"{tn:.2f} s",
                      "git fetch into an up-to-date mirror", f"{tf:.2f} s", tn / tf, "lower")
 
+    def large_push(self, mirror: str, medium_mirror: str) -> None:
+        assert self.api
+        self.noop_resyncs(mirror)
+
         log("4. push sync to an empty upstream vs git push --mirror")
         t_gpush = timed(["git", "--git-dir", mirror, "push", "--mirror", "--quiet", self.url("push-git")])
         self.api.must("PATCH", f"/v1/{ORG}/large", {"upstream": {"url": self.url("push-depot")}})
@@ -961,6 +1054,131 @@ class Bench:
                       "git push --mirror of it, same server", t_gm)
         for p in self.workers:
             self.log_summary(p, "large/medium pull and push")
+        self.stop_workers()
+        self.stop_gateway()
+
+    def bench_noop(self) -> None:
+        """3a, 3b, 3c alone (BENCH_ONLY=noop): the large pull, then its no-op
+        re-syncs, without the medium repository and the pushes."""
+        log("3. large pull: baseline git clone --mirror")
+        base = os.path.join(self.work, "baseline")
+        os.makedirs(base, exist_ok=True)
+        mirror = os.path.join(base, "large-mirror.git")
+        t_clone, rss_clone = timed_rss(["git", "clone", "--mirror", "--quiet", self.url("large"), mirror])
+        self.start_gateway()
+        [w] = self.start_workers(1, DEPOT__WORKER__MAX_ATTEMPTS="1")
+        idle_rss = w.status_kb("VmRSS")
+        self.large_pull(mirror, w, t_clone, rss_clone, idle_rss)
+        self.noop_resyncs(mirror)
+        self.stop_workers()
+        self.stop_gateway()
+
+    # ------------------------------------------- 7. incremental syncs
+
+    def hosted_path(self, repo: dict) -> str:
+        org_id = psql(f"SELECT id FROM orgs WHERE slug = '{ORG}'")
+        return os.path.join(self.work, "storage", org_id, f"{repo['id']}.git")
+
+    def series_rows(self, tag: str, what: str, times: list[float], base_times: list[float], base_what: str,
+                    shape: dict, shape0: dict) -> None:
+        n = len(times)
+        if not n:
+            return
+        k = min(INC_WINDOW, n // 2) or 1
+        first, last = statistics.median(times[:k]), statistics.median(times[-k:])
+        self.row(f"{tag}. {n} incremental {what} of a {INC_REFS}-ref repository: median of the last {k}",
+                 f"{last:.3f} s", f"median of the first {k}", f"{first:.3f} s", last / first,
+                 "lower (ideal 1.0: no slowdown)")
+        if base_times:
+            med, bmed = statistics.median(times), statistics.median(base_times)
+            self.row(f"{tag}'. incremental {what}: median of all {n}", f"{med:.3f} s", base_what,
+                     f"{bmed:.3f} s", med / bmed, "lower")
+        self.row(f"{tag}''. packs in the hosted repository after {n} incremental {what} (housekeeping defaults)",
+                 f"{shape['packs']} packs, {shape['loose_refs']} loose refs, {shape['loose_objects']} loose objects",
+                 f"before the first of them",
+                 f"{shape0['packs']} packs, {shape0['loose_refs']} loose refs, {shape0['loose_objects']} loose objects",
+                 None, "lower (bounded: housekeeping.max_packs=8 by default)")
+
+    def bench_incremental(self) -> None:
+        """7a: INC_PULLS pulls of the 1,000-ref repository, each after one
+        new commit on one branch upstream; 7b: INC_PUSHES pushes, each after
+        one new commit on one branch of the hosted repository. Housekeeping
+        runs with its defaults, as in production. Baselines: the first syncs
+        of the same series (no slowdown: ratio 1.0), and git doing the same
+        incremental step (`git fetch` into a mirror, `git push` of the
+        branch), timed right after each sync."""
+        assert self.api
+        self.start_gateway()
+        [w] = self.start_workers(1, DEPOT__WORKER__MAX_ATTEMPTS="1")
+        upstream = os.path.join(self.upstream_root, "inc.git")
+        base = os.path.join(self.work, "baseline-inc")
+        os.makedirs(base)
+        mirror = os.path.join(base, "inc-mirror.git")
+        t_clone = timed(["git", "clone", "--mirror", "--quiet", self.url("inc"), mirror])
+        repo = self.create_repo("inc", "inc")
+        t, s = self.timed_sync("inc", "pull", LARGE_LIMIT)
+        if not self.sync_row(f"7. first pull of the {INC_REFS}-ref repository ({INC_COMMITS} commits)", t, s,
+                             "git clone --mirror, same server", t_clone):
+            raise BenchError("the first pull of the incremental repository failed")
+        hosted = self.hosted_path(repo)
+        branches = max(1, INC_REFS - 1)
+        branch = (lambda i: f"feature/{i % branches:05d}") if INC_REFS > 1 else (lambda i: "main")
+
+        log(f"7a. {INC_PULLS} incremental pulls")
+        shape0 = repo_shape(hosted)
+        times, git_times, failed = [], [], 0
+        for i in range(INC_PULLS):
+            add_commit(upstream, branch(i), i)
+            t, s = self.timed_sync("inc", "pull", LARGE_LIMIT)
+            updated = sum(1 for r in (s.get("stats") or {}).get("refs", []) if r.get("outcome") == "updated")
+            if s["status"] != "completed" or updated != 1:
+                failed += 1
+                if failed <= 3:
+                    self.notes.append(f"incremental pull {i + 1}: status {s['status']}, {updated} refs updated, "
+                                      f"error {s.get('error')}")
+            times.append(t)
+            git_times.append(timed(["git", "--git-dir", mirror, "fetch", "--quiet", "origin"]))
+            if (i + 1) % 50 == 0:
+                log(f"   {i + 1} pulls, last {t:.3f} s, {repo_shape(hosted)}")
+        if failed:
+            self.notes.append(f"7a: {failed} of {INC_PULLS} incremental pulls did not update exactly one ref")
+        self.series_rows("7a", "pulls", times, git_times,
+                         "git fetch of the same change into a mirror (git's auto gc on), same server",
+                         repo_shape(hosted), shape0)
+
+        log(f"7b. {INC_PUSHES} incremental pushes")
+        self.api.must("PATCH", f"/v1/{ORG}/inc", {"upstream": {"url": self.url("push-inc-depot")}})
+        t, s = self.timed_sync("inc", "push", LARGE_LIMIT)
+        if not self.sync_row(f"7. first push of the {INC_REFS}-ref repository to an empty upstream", t, s,
+                             "git push --mirror of it, same server",
+                             timed(["git", "--git-dir", mirror, "push", "--mirror", "--quiet",
+                                    self.url("push-inc-git")])):
+            raise BenchError("the first push of the incremental repository failed")
+        shape0 = repo_shape(hosted)
+        times, git_times, failed = [], [], 0
+        for i in range(INC_PUSHES):
+            # The same commit (same id) in the hosted repository, as a local
+            # writer would make it, and in git's mirror.
+            n = INC_PULLS + i
+            add_commit(hosted, branch(n), n)
+            add_commit(mirror, branch(n), n)
+            t, s = self.timed_sync("inc", "push", LARGE_LIMIT)
+            updated = sum(1 for r in (s.get("stats") or {}).get("refs", []) if r.get("outcome") == "updated")
+            if s["status"] != "completed" or updated != 1:
+                failed += 1
+                if failed <= 3:
+                    self.notes.append(f"incremental push {i + 1}: status {s['status']}, {updated} refs updated, "
+                                      f"error {s.get('error')}")
+            times.append(t)
+            git_times.append(timed(["git", "--git-dir", mirror, "push", "--quiet", self.url("push-inc-git"),
+                                    f"refs/heads/{branch(n)}"]))
+            if (i + 1) % 50 == 0:
+                log(f"   {i + 1} pushes, last {t:.3f} s, {repo_shape(hosted)}")
+        if failed:
+            self.notes.append(f"7b: {failed} of {INC_PUSHES} incremental pushes did not update exactly one ref")
+        self.series_rows("7b", "pushes", times, git_times, "git push of the same branch from a mirror, same server",
+                         repo_shape(hosted), shape0)
+        self.log_summary(w, "incremental pulls and pushes")
         self.stop_workers()
         self.stop_gateway()
 
@@ -1076,7 +1294,11 @@ def table(rows: list[dict]) -> str:
 
 def write_doc(md: str) -> None:
     path = os.path.join(ROOT, "docs", "benchmarks.md")
-    begin, end = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
+    # A run of some phases only must not replace the full table: it has a
+    # block of its own, named after the phases (appended when missing).
+    default = os.environ.get("BENCH_ONLY") in (None, "")
+    tag = "" if default else ",".join(p for p in PHASES if p in ONLY) + ":"
+    begin, end = f"<!-- bench:results:{tag}begin -->", f"<!-- bench:results:{tag}end -->"
     try:
         with open(path) as f:
             doc = f.read()
@@ -1104,9 +1326,12 @@ def main() -> int:
     ok = False
     try:
         bench.setup()
-        only = os.environ.get("BENCH_ONLY", "polling,enqueue,large,scaling").split(",")
-        for phase in ("polling", "enqueue", "large", "scaling"):
-            if phase in only:
+        unknown = [p for p in ONLY if p not in PHASES]
+        if unknown:
+            raise BenchError(f"BENCH_ONLY: unknown phase(s) {', '.join(unknown)} (known: {', '.join(PHASES)})")
+        for phase in PHASES:
+            # `large` includes the no-op re-syncs of `noop`.
+            if phase in ONLY and not (phase == "noop" and "large" in ONLY):
                 getattr(bench, f"bench_{phase}")()
         ok = True
     except BenchError as e:
@@ -1124,7 +1349,11 @@ def main() -> int:
           f"({'complete' if ok else 'INCOMPLETE'}); {info}. Settings: {SECONDS} s per load run, {ROUNDS} "
           f"rounds alternating depot and baseline, {CONNS} connections, wrk -t2, pgbench -j2 -M prepared, "
           f"gateway and worker with default pool size and worker.concurrency={WORKER_CONCURRENCY}, "
-          f"telemetry json at info.\n\n" + table(bench.rows))
+          f"telemetry json at info."
+          + (f" Phases: {','.join(p for p in PHASES if p in ONLY)}." if os.environ.get("BENCH_ONLY") else "")
+          + (f" Incremental series: {INC_PULLS} pulls, {INC_PUSHES} pushes, {INC_REFS} refs, {INC_COMMITS} "
+             "commits, every housekeeping.* setting at its default." if "incremental" in ONLY else "")
+          + "\n\n" + table(bench.rows))
     if bench.notes:
         md += "\nNotes from this run:\n\n" + "".join(f"- {n}\n" for n in bench.notes)
     print()
