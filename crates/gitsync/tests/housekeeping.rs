@@ -271,6 +271,76 @@ fn prune_drops_old_unreachable_objects_and_keeps_young_ones() {
     assert!(!report.pruned && !report.repacked, "{report:?}");
 }
 
+/// `content` as an unreachable blob that lives only in a pack of its own,
+/// as objects of refs a wildcard fetch brought but no glob matched do; the
+/// pack's files are `aged` (their mtime is what the grace is judged by).
+fn unreachable_packed_blob(repo: &Path, content: &str, aged: Duration) -> String {
+    let (oid, _) = unreachable_blob(repo, content);
+    let mut child = git_command()
+        .arg(format!("--git-dir={}", repo.display()))
+        .args(["pack-objects", "-q"])
+        .arg(repo.join("objects").join("pack").join("pack"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{oid}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let name = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(git(repo, &["prune-packed"]).status.success());
+    let loose = repo.join("objects").join(&oid[..2]).join(&oid[2..]);
+    assert!(!loose.exists(), "the blob is packed only");
+    for ext in ["pack", "idx", "rev"] {
+        let f = repo
+            .join("objects")
+            .join("pack")
+            .join(format!("pack-{name}.{ext}"));
+        if f.exists() {
+            age(&f, aged);
+        }
+    }
+    oid
+}
+
+/// The same holds for unreachable objects that sit in packs (what a
+/// wildcard download leaves for refs no glob matched): old ones go, young
+/// ones stay, and the repository stays whole.
+#[test]
+fn prune_drops_old_unreachable_packed_objects_and_keeps_young_ones() {
+    let e = env();
+    let m = all();
+    let tip = e.work.commit("main", "one").unwrap();
+    e.work.push_all_to(&e.upstream).unwrap();
+    pull(&spec(&e, &m)).unwrap();
+    let old = unreachable_packed_blob(
+        &e.hosted,
+        "packed by a wildcard fetch long ago",
+        Duration::from_secs(7_200),
+    );
+    let young = unreachable_packed_blob(
+        &e.hosted,
+        "packed by a run still writing refs",
+        Duration::ZERO,
+    );
+    let mut p = policy();
+    p.prune_every = Duration::ZERO;
+    // The first look starts the prune clock; the next one prunes.
+    housekeeping::housekeep(&e.hosted, &p, None).unwrap();
+    let report = housekeeping::housekeep(&e.hosted, &p, None).unwrap();
+    assert!(report.pruned, "{report:?}");
+    assert!(
+        !has_object(&e.hosted, &old),
+        "old unreachable packed object kept"
+    );
+    assert!(
+        has_object(&e.hosted, &young),
+        "young unreachable packed object pruned"
+    );
+    assert!(has_object(&e.hosted, &tip));
+    assert_fsck(&e.hosted);
+}
+
 /// Temporary pack files and locks of dead runs (older than the grace) are
 /// removed; young ones, which a live process may be writing, are kept.
 #[test]
