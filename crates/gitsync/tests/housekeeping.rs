@@ -3,17 +3,19 @@
 //! server on loopback and checked with the git CLI (`for-each-ref`, `fsck`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use depot_domain::{Outcome, RefGlobs, RefMatcher};
 use depot_gitsync::housekeeping::{self, Policy};
 use depot_gitsync::{RunSpec, pull};
-use depot_testkit::fixture::{WorkRepo, git_command, init_bare, list_refs};
-use depot_testkit::{GitHttpServer, GitServerOptions};
+use depot_testkit::GitHttpServer;
+use depot_testkit::fixture::{WorkRepo, git_command, list_refs};
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -26,17 +28,12 @@ struct Env {
 }
 
 fn env() -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    let upstream = root.join("up.git");
-    init_bare(&upstream).unwrap();
-    let server = GitHttpServer::start(GitServerOptions {
-        root,
-        basic_auth: None,
-        listen: None,
-    })
-    .unwrap();
-    let work = WorkRepo::new(&tmp.path().join("work")).unwrap();
+    let common::Served {
+        tmp,
+        server,
+        work,
+        upstream,
+    } = common::serve(None, None);
     let hosted = tmp.path().join("hosted").join("repo.git");
     let url = server.repo_url("up");
     Env {
@@ -46,7 +43,7 @@ fn env() -> Env {
         upstream,
         hosted,
         url,
-        net: depot_gitsync::Net::pinned(vec![std::net::Ipv4Addr::LOCALHOST.into()]),
+        net: common::loopback(),
     }
 }
 
@@ -55,21 +52,7 @@ fn all() -> RefMatcher {
 }
 
 fn spec<'a>(e: &'a Env, matcher: &'a RefMatcher) -> RunSpec<'a> {
-    RunSpec {
-        repo_path: &e.hosted,
-        url: &e.url,
-        credentials: None,
-        matcher,
-        sync_id: "0192f0c4-7a7b-7cc2-9a0e-2b8e2d1f0a11",
-        attempt: 1,
-        deadline: Instant::now() + Duration::from_secs(300),
-        cancel: None,
-        max_pack_bytes: None,
-        max_refs: None,
-        default_branch: None,
-        stale_lock_age: None,
-        net: &e.net,
-    }
+    common::run_spec(&e.hosted, &e.url, matcher, &e.net)
 }
 
 fn policy() -> Policy {

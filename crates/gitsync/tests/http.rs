@@ -2,6 +2,8 @@
 //! (`git http-backend` via depot-testkit).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -9,10 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use depot_domain::{Outcome, RefGlobs, RefMatcher, RefStat};
 use depot_gitsync::{Credentials, RunSpec, SyncError, branch_tip, ensure_repo, pull, push};
+use depot_testkit::GitHttpServer;
 use depot_testkit::fixture::{
     WorkRepo, git_command, init_bare, list_refs, refuse_refs_hook, rev_parse,
 };
-use depot_testkit::{GitHttpServer, GitServerOptions};
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -28,17 +30,12 @@ struct Env {
 }
 
 fn env_with(auth: Option<(&str, &str)>) -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    let upstream = root.join("up.git");
-    init_bare(&upstream).unwrap();
-    let server = GitHttpServer::start(GitServerOptions {
-        root,
-        basic_auth: auth.map(|(u, p)| (u.to_owned(), p.to_owned())),
-        listen: None,
-    })
-    .unwrap();
-    let work = WorkRepo::new(&tmp.path().join("work")).unwrap();
+    let common::Served {
+        tmp,
+        server,
+        work,
+        upstream,
+    } = common::serve(auth, None);
     let hosted = tmp.path().join("hosted").join("org").join("repo.git");
     let url = server.repo_url("up");
     Env {
@@ -48,7 +45,7 @@ fn env_with(auth: Option<(&str, &str)>) -> Env {
         upstream,
         hosted,
         url,
-        net: depot_gitsync::Net::pinned(vec![std::net::Ipv4Addr::LOCALHOST.into()]),
+        net: common::loopback(),
     }
 }
 
@@ -70,21 +67,7 @@ fn globs(branches: &str, tags: &str) -> RefMatcher {
 }
 
 fn spec<'a>(e: &'a Env, matcher: &'a RefMatcher) -> RunSpec<'a> {
-    RunSpec {
-        repo_path: &e.hosted,
-        url: &e.url,
-        credentials: None,
-        matcher,
-        sync_id: "0192f0c4-7a7b-7cc2-9a0e-2b8e2d1f0a11",
-        attempt: 1,
-        deadline: Instant::now() + Duration::from_secs(120),
-        cancel: None,
-        max_pack_bytes: None,
-        max_refs: None,
-        default_branch: None,
-        stale_lock_age: None,
-        net: &e.net,
-    }
+    common::run_spec(&e.hosted, &e.url, matcher, &e.net)
 }
 
 /// Branches and tags of a repository, by name.

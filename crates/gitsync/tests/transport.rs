@@ -2,14 +2,16 @@
 //! (depot-testkit's git server and its hostile modes).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use depot_domain::{Outcome, RefGlobs, RefMatcher};
 use depot_gitsync::{Credentials, Net, RunSpec, SyncError, USER_AGENT, ensure_repo, pull, push};
-use depot_testkit::fixture::{WorkRepo, git_command, init_bare, list_refs};
-use depot_testkit::{ConnectProxy, GitHttpServer, GitServerOptions, Hostile};
+use depot_testkit::fixture::{WorkRepo, git_command, list_refs};
+use depot_testkit::{ConnectProxy, GitHttpServer, Hostile};
 
 struct Env {
     tmp: tempfile::TempDir,
@@ -21,20 +23,12 @@ struct Env {
 }
 
 fn start(auth: Option<(&str, &str)>, keep_alive: Option<Duration>) -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("root");
-    let upstream = root.join("up.git");
-    init_bare(&upstream).unwrap();
-    let opts = GitServerOptions {
-        root,
-        basic_auth: auth.map(|(u, p)| (u.to_owned(), p.to_owned())),
-        listen: None,
-    };
-    let server = match keep_alive {
-        Some(k) => GitHttpServer::start_with_keep_alive(opts, k).unwrap(),
-        None => GitHttpServer::start(opts).unwrap(),
-    };
-    let work = WorkRepo::new(&tmp.path().join("work")).unwrap();
+    let common::Served {
+        tmp,
+        server,
+        work,
+        upstream,
+    } = common::serve(auth, keep_alive);
     let hosted = tmp.path().join("hosted.git");
     Env {
         tmp,
@@ -50,26 +44,10 @@ fn env() -> Env {
     start(None, None)
 }
 
-fn loopback() -> Net {
-    Net::pinned(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)])
-}
+use common::loopback;
 
 fn spec<'a>(e: &'a Env, url: &'a str, net: &'a Net) -> RunSpec<'a> {
-    RunSpec {
-        repo_path: &e.hosted,
-        url,
-        credentials: None,
-        matcher: &e.matcher,
-        sync_id: "0192f0c4-7a7b-7cc2-9a0e-2b8e2d1f0a11",
-        attempt: 1,
-        deadline: Instant::now() + Duration::from_secs(120),
-        cancel: None,
-        max_pack_bytes: None,
-        max_refs: None,
-        default_branch: None,
-        stale_lock_age: None,
-        net,
-    }
+    common::run_spec(&e.hosted, url, &e.matcher, net)
 }
 
 fn seed(e: &Env) {
