@@ -1,5 +1,5 @@
-//! `depot-gateway`: the public HTTP API (API.md). Stateless but for a cache
-//! of verified credentials (kept current by `LISTEN/NOTIFY`): every request
+//! `depot-gateway`: the public HTTP API (`docs/api.md`). Stateless but for a
+//! cache of verified credentials (kept current by `LISTEN/NOTIFY`): every request
 //! reads and writes Postgres; accepted syncs are published to RabbitMQ as
 //! jobs, through the transactional outbox so that none is lost.
 

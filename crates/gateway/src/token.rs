@@ -1,4 +1,4 @@
-//! Mesa's access tokens (API.md, "Private keys and access tokens"): a
+//! Mesa's access tokens (`docs/api.md`, "Private keys and access tokens"): a
 //! compact JWS signed by the holder of an org-bound Ed25519 private key,
 //! carrying the public key in its header.
 //!

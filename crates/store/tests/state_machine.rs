@@ -1,7 +1,8 @@
 //! The sync state machine, as the SQL in `syncs.rs` implements it, driven by
 //! random sequences of worker operations against a real Postgres and checked
 //! against a model after every step:
-//! - the status/timestamp/stats/error combinations of API.md's table hold;
+//! - the status/timestamp/stats/error combinations of
+//!   `docs/sync-semantics.md` ("Lifecycle of a sync") hold;
 //! - `attempt` only grows, by one per successful claim;
 //! - a write carrying a stale attempt (fencing token) changes nothing;
 //! - `completed` and `failed` are final.

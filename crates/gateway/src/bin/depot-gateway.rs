@@ -17,7 +17,7 @@ async fn main() -> std::process::ExitCode {
     let settings = match depot_settings::Settings::load(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("depot-gateway: {e}");
+            eprintln!("depot-gateway: {e:#}");
             return std::process::ExitCode::from(2);
         }
     };
@@ -25,7 +25,7 @@ async fn main() -> std::process::ExitCode {
     let app = match depot_gateway::Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
-            eprintln!("depot-gateway: {e}");
+            eprintln!("depot-gateway: {e:#}");
             return std::process::ExitCode::from(2);
         }
     };

@@ -1,5 +1,6 @@
 //! `/v1/{org}/{repo}/upstream/syncs`: the "Sync upstream" operation
-//! (seed/sync-upstream.openapi.md) and its two read companions.
+//! (`docs/api.md`, "Upstream syncs"; `proto-schemas/openapi.yaml`) and its
+//! two read companions.
 
 use super::repos::{is_valid_name, load_repo};
 use super::{json_response, read_body};

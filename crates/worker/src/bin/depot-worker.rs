@@ -18,7 +18,7 @@ async fn main() -> std::process::ExitCode {
     let settings = match depot_settings::Settings::load(args.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("depot-worker: {e}");
+            eprintln!("depot-worker: {e:#}");
             return std::process::ExitCode::from(2);
         }
     };
@@ -36,7 +36,7 @@ async fn main() -> std::process::ExitCode {
             0
         }
         Err(e) => {
-            eprintln!("depot-worker: {e}");
+            eprintln!("depot-worker: {e:#}");
             2
         }
     };
