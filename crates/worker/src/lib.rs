@@ -9,6 +9,7 @@ mod metrics;
 mod relay;
 mod run;
 mod upstream;
+mod verdict;
 
 use depot_broker::{BrokerHandle, BrokerOptions};
 use depot_secrets::KeyRing;

@@ -7,6 +7,7 @@
 
 use crate::Ctx;
 use crate::upstream;
+use crate::verdict::{HeadUpdate, RetryPolicy, RunOutcome, Verdict, verdict};
 use depot_broker::{BasicAckOptions, BasicNackOptions, BasicRejectOptions, Delivery};
 use depot_contracts::sync_v1::SyncJob;
 use depot_domain::retry::backoff;
@@ -181,40 +182,6 @@ async fn defer(ctx: &Ctx, job: &SyncJob, delay: Duration) -> Disposition {
     }
 }
 
-/// The result of the git work, before it is written.
-enum RunOutcome {
-    Completed {
-        stats: Stats,
-        head: Option<Option<String>>,
-    },
-    Failed {
-        error: String,
-        stats: Option<Stats>,
-    },
-    Retry {
-        error: String,
-    },
-    /// Shutdown or lost lease, the git thread stopped: give the sync back
-    /// without judging it.
-    Released,
-    /// Shutdown or lost lease, and the git thread did not stop in time (it
-    /// waits on the network, and sees its cancel flag only in libgit2's
-    /// callbacks): give the sync back, but not to be claimed before the
-    /// thread's last possible write is older than the stale-lock age the
-    /// next run clears (see `abandoned_delay`).
-    Abandoned,
-}
-
-/// How long a sync whose git thread was abandoned waits before its next
-/// claim: a full lease. The thread dies with the process (which exits right
-/// after releasing at shutdown) or stops at its next callback (lease lost),
-/// within seconds; the next run removes `.lock` files older than half a
-/// lease (`RunSpec::stale_lock_age`), so none it meets can be the
-/// abandoned thread's and be young.
-fn abandoned_delay(lease: Duration) -> Duration {
-    lease
-}
-
 /// A run gives up its sync once its last confirmed lease renewal is older
 /// than the lease minus this share of it: the sweeper hands the sync to
 /// another worker only after the full lease, so the run has stopped
@@ -270,12 +237,27 @@ async fn run_claimed(
     drop(heartbeat);
     drop(stop_watch);
 
-    let attempt = sync.attempt;
-    let max_attempts = i32::try_from(ctx.settings.worker.max_attempts).unwrap_or(i32::MAX);
-    let id = sync.id.as_str();
-    let written: Result<bool, StoreError> = match &outcome {
-        RunOutcome::Completed { stats, head } => {
-            retry_db(|| async {
+    let policy = RetryPolicy::of(&ctx.settings.worker);
+    let verdict = verdict(outcome, sync.attempt, &policy, rand::random());
+    let written = write(ctx, &claimed, job, &verdict).await;
+    observe(sync.direction, &verdict, &written, started.elapsed());
+    Disposition::Ack
+}
+
+/// Record the verdict (fenced on the run's attempt): `Ok(false)` when the
+/// run was fenced out. A retried or released sync's job is published again,
+/// best effort.
+async fn write(
+    ctx: &Ctx,
+    claimed: &Claimed,
+    job: &SyncJob,
+    verdict: &Verdict,
+) -> Result<bool, StoreError> {
+    let sync = &claimed.sync;
+    let (id, attempt) = (sync.id.as_str(), sync.attempt);
+    let delay = match verdict {
+        Verdict::Complete { stats, head } => {
+            return retry_db(|| async {
                 let mut client = ctx.pool.get().await?;
                 let tx = client.transaction().await?;
                 let ok = depot_store::syncs::finish(
@@ -287,135 +269,97 @@ async fn run_claimed(
                     None,
                 )
                 .await?;
-                if ok && let Some(head) = head {
+                if ok && let HeadUpdate::Set(head) = head {
                     depot_store::repos::set_head(&tx, &sync.repo_id, head.as_deref()).await?;
                 }
                 tx.commit().await?;
                 Ok(ok)
             })
-            .await
+            .await;
         }
-        RunOutcome::Failed { error, stats } => fail(ctx, id, attempt, stats.as_ref(), error).await,
-        RunOutcome::Retry { error } if attempt >= max_attempts => {
-            let error = format!("{error} (gave up after {attempt} attempts)");
-            fail(ctx, id, attempt, None, &error).await
-        }
-        RunOutcome::Retry { .. } | RunOutcome::Released | RunOutcome::Abandoned => {
-            let delay = match outcome {
-                RunOutcome::Released => Duration::ZERO,
-                RunOutcome::Abandoned => abandoned_delay(ctx.lease()),
-                _ => backoff(
-                    ctx.settings.worker.retry_base_ms,
-                    ctx.settings.worker.retry_max_ms,
-                    u32::try_from(attempt).unwrap_or(1),
-                    rand::random(),
-                ),
-            };
-            let requeued = retry_db(|| async {
+        Verdict::Fail { error, stats } => {
+            return retry_db(|| async {
                 let client = ctx.pool.get().await?;
-                match &outcome {
-                    RunOutcome::Retry { error } => {
-                        depot_store::syncs::retry(&client, id, attempt, delay, error).await
-                    }
-                    _ => depot_store::syncs::requeue(&client, id, attempt, delay).await,
-                }
+                depot_store::syncs::finish(
+                    &client,
+                    id,
+                    attempt,
+                    SyncStatus::Failed,
+                    stats.as_ref(),
+                    Some(error),
+                )
+                .await
             })
             .await;
-            if let Ok(true) = requeued {
-                // Best effort: if this publish is lost, the relay re-publishes
-                // the queued sync once it is due.
-                if let Some(b) = ctx.broker.get() {
-                    let retry_job =
-                        depot_broker::job(id, &sync.repo_id, attempt, job.trace_context.clone());
-                    if let Err(e) = b.publish_delayed(&retry_job, delay).await {
-                        tracing::warn!(error = %e, "cannot schedule retry; the relay will");
-                    }
-                }
-            }
-            requeued
         }
+        Verdict::Retry { delay, .. } | Verdict::Release { delay } => *delay,
     };
+    let requeued = retry_db(|| async {
+        let client = ctx.pool.get().await?;
+        match verdict.error() {
+            Some(error) => depot_store::syncs::retry(&client, id, attempt, delay, error).await,
+            None => depot_store::syncs::requeue(&client, id, attempt, delay).await,
+        }
+    })
+    .await;
+    if let Ok(true) = requeued {
+        // Best effort: if this publish is lost, the relay re-publishes
+        // the queued sync once it is due.
+        if let Some(b) = ctx.broker.get() {
+            let retry_job =
+                depot_broker::job(id, &sync.repo_id, attempt, job.trace_context.clone());
+            if let Err(e) = b.publish_delayed(&retry_job, delay).await {
+                tracing::warn!(error = %e, "cannot schedule retry; the relay will");
+            }
+        }
+    }
+    requeued
+}
+
+/// Tell what became of the run: span fields, metrics, the closing log line.
+fn observe(
+    direction: depot_domain::Direction,
+    verdict: &Verdict,
+    written: &Result<bool, StoreError>,
+    elapsed: Duration,
+) {
     let span = tracing::Span::current();
-    match &outcome {
-        RunOutcome::Completed { stats, .. } => {
-            span.record("status", "completed");
+    span.record("status", verdict.label());
+    let stats = match verdict {
+        Verdict::Complete { stats, .. } => {
             span.record("updated", stats.count(depot_domain::Outcome::Updated));
             span.record("unchanged", stats.count(depot_domain::Outcome::Unchanged));
             span.record("rejected", stats.count(depot_domain::Outcome::Rejected));
             span.record("filtered", stats.count(depot_domain::Outcome::Filtered));
+            Some(stats)
         }
-        RunOutcome::Failed { .. } => {
-            span.record("status", "failed");
-        }
-        RunOutcome::Retry { .. } if attempt >= max_attempts => {
-            span.record("status", "failed");
-        }
-        RunOutcome::Retry { .. } => {
-            span.record("status", "retry");
-        }
-        RunOutcome::Released | RunOutcome::Abandoned => {
-            span.record("status", "released");
-        }
-    }
-    let result = match &outcome {
-        RunOutcome::Completed { .. } => "completed",
-        RunOutcome::Retry { .. } if attempt < max_attempts => "retry",
-        RunOutcome::Failed { .. } | RunOutcome::Retry { .. } => "failed",
-        RunOutcome::Released | RunOutcome::Abandoned => "released",
-    };
-    let stats = match &outcome {
-        RunOutcome::Completed { stats, .. } => Some(stats),
         _ => None,
     };
     crate::metrics::run_ended(
-        sync.direction,
-        result,
+        direction,
+        verdict.label(),
         stats,
-        started.elapsed(),
+        elapsed,
         matches!(written, Ok(false)),
     );
-    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let elapsed_ms = elapsed.as_millis() as u64;
     match written {
-        Ok(true) => {
-            match &outcome {
-                RunOutcome::Failed { error, .. } | RunOutcome::Retry { error } => {
-                    tracing::info!(elapsed_ms, error = %error, "sync run ended")
-                }
-                _ => tracing::info!(elapsed_ms, "sync run ended"),
-            }
-            Disposition::Ack
-        }
-        Ok(false) => {
-            // Fenced out: the sweeper gave the sync to another run while this
-            // one was presumed dead. Its outcome is not ours to write.
-            tracing::warn!(elapsed_ms, "run lost its lease; outcome discarded");
-            Disposition::Ack
-        }
-        Err(e) => {
-            // The database stayed away. The sync is still in_progress under
-            // our lease; the sweeper returns it to queued once the lease runs
-            // out, so acking loses nothing and a requeue would only find it
-            // in progress.
-            tracing::error!(error = %e, "cannot record sync outcome; the lease sweeper will recover it");
-            Disposition::Ack
-        }
+        Ok(true) => match verdict.error() {
+            Some(error) => tracing::info!(elapsed_ms, error = %error, "sync run ended"),
+            None => tracing::info!(elapsed_ms, "sync run ended"),
+        },
+        // Fenced out: the sweeper gave the sync to another run while this
+        // one was presumed dead. Its outcome is not ours to write.
+        Ok(false) => tracing::warn!(elapsed_ms, "run lost its lease; outcome discarded"),
+        // The database stayed away. The sync is still in_progress under our
+        // lease; the sweeper returns it to queued once the lease runs out,
+        // so acking loses nothing and a requeue would only find it in
+        // progress.
+        Err(e) => tracing::error!(
+            error = %e,
+            "cannot record sync outcome; the lease sweeper will recover it"
+        ),
     }
-}
-
-/// Record a run's failure (fenced on its attempt).
-async fn fail(
-    ctx: &Ctx,
-    id: &str,
-    attempt: i32,
-    stats: Option<&Stats>,
-    error: &str,
-) -> Result<bool, StoreError> {
-    retry_db(|| async {
-        let client = ctx.pool.get().await?;
-        depot_store::syncs::finish(&client, id, attempt, SyncStatus::Failed, stats, Some(error))
-            .await
-    })
-    .await
 }
 
 /// Retry a database write for a while: a Postgres restart should delay an
@@ -582,12 +526,12 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
                 let head = match direction {
                     // The gateway shows the default branch's tip from
                     // Postgres; a pull may have moved it.
-                    Direction::Pull => Some(
+                    Direction::Pull => HeadUpdate::Set(
                         depot_gitsync::branch_tip(&repo_path, &default_branch)
                             .ok()
                             .flatten(),
                     ),
-                    Direction::Push => None,
+                    Direction::Push => HeadUpdate::Keep,
                 };
                 RunOutcome::Completed {
                     stats: Stats::sorted(refs),
