@@ -1,7 +1,8 @@
-//! Upstream URL policy, the pure half: syntax and address classification.
-//! Resolving the host is I/O and happens in the callers (the gateway when a
-//! URL is stored, the worker when a run starts), which then ask
-//! [`is_forbidden_ip`] about every address.
+//! Upstream URL policy: syntax and address classification, assembled in
+//! one place, [`vet`]. Resolving the host is I/O, so the callers (the
+//! gateway when a URL is stored, the worker when a run starts) pass their
+//! resolver in; every address it answers is then judged by
+//! [`is_forbidden_ip`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use url::{Host, Origin, Url};
@@ -95,6 +96,75 @@ pub fn target(url: &Url) -> Target {
             url.port_or_known_default().unwrap_or(443),
         ),
     }
+}
+
+/// Name resolution as [`vet`] uses it, injected so that this crate does no
+/// I/O and tests can play any DNS (a rebinding one, say).
+pub trait Resolve {
+    fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>>;
+}
+
+impl<F> Resolve for F
+where
+    F: Fn(&str, u16) -> std::io::Result<Vec<IpAddr>>,
+{
+    fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>> {
+        self(host, port)
+    }
+}
+
+/// The deployment's URL policy (`upstream.allowed_schemes`,
+/// `upstream.allow_private_networks`).
+#[derive(Debug, Clone, Copy)]
+pub struct UrlPolicy<'a> {
+    pub allowed_schemes: &'a [String],
+    pub allow_private_networks: bool,
+}
+
+/// What passed [`vet`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vetted {
+    pub url: Url,
+    /// The addresses the host resolved to, every one allowed by the policy;
+    /// the only ones a client may connect to. Empty when nothing was
+    /// resolved (private networks allowed and no `pin` asked for).
+    pub addrs: Vec<IpAddr>,
+}
+
+/// The whole URL policy: the syntax and scheme, then, unless private
+/// networks are allowed, every address the host resolves to. With `pin`
+/// the host is resolved in any case, once, and the answer returned: a
+/// client that connects only to those addresses leaves no second lookup
+/// for a DNS answer to change between check and connect.
+///
+/// A resolver error or an empty answer is [`PolicyError::Unresolvable`]
+/// (the only error worth asking again about later).
+pub fn vet(
+    raw: &str,
+    policy: &UrlPolicy<'_>,
+    pin: bool,
+    resolver: &dyn Resolve,
+) -> Result<Vetted, PolicyError> {
+    let url = check_syntax(raw, policy.allowed_schemes)?;
+    if policy.allow_private_networks && !pin {
+        return Ok(Vetted {
+            url,
+            addrs: Vec::new(),
+        });
+    }
+    let addrs = match target(&url) {
+        Target::Literal(ip) => vec![ip],
+        Target::Resolve(host, port) => resolver
+            .resolve(&host, port)
+            .map_err(|_| PolicyError::Unresolvable)?,
+    };
+    if addrs.is_empty() {
+        return Err(PolicyError::Unresolvable);
+    }
+    if !policy.allow_private_networks {
+        check_addresses(&addrs)?;
+    }
+    Ok(Vetted { url, addrs })
 }
 
 /// The address half of the policy: every address the host resolved to
@@ -198,6 +268,82 @@ mod tests {
 
     fn https() -> Vec<String> {
         vec!["https".into()]
+    }
+
+    fn policy(allowed: &[String], allow_private_networks: bool) -> UrlPolicy<'_> {
+        UrlPolicy {
+            allowed_schemes: allowed,
+            allow_private_networks,
+        }
+    }
+
+    fn answers(ips: &'static [&'static str]) -> impl Fn(&str, u16) -> std::io::Result<Vec<IpAddr>> {
+        move |_, _| Ok(ips.iter().map(|ip| ip.parse().unwrap()).collect())
+    }
+
+    fn no_dns(_: &str, _: u16) -> std::io::Result<Vec<IpAddr>> {
+        Err(std::io::Error::other("no dns"))
+    }
+
+    #[test]
+    fn vetting_returns_the_allowed_answer_to_pin() {
+        let https = https();
+        let v = vet(
+            "https://git.example.com/r.git",
+            &policy(&https, false),
+            false,
+            &answers(&["93.184.215.14"]),
+        )
+        .unwrap();
+        assert_eq!(v.url.as_str(), "https://git.example.com/r.git");
+        assert_eq!(v.addrs, vec!["93.184.215.14".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn vetting_refuses_a_private_answer_unless_private_networks_are_allowed() {
+        let https = https();
+        let dns = answers(&["10.0.0.1"]);
+        let url = "https://git.example.com/r.git";
+        assert_eq!(
+            vet(url, &policy(&https, false), false, &dns),
+            Err(PolicyError::PrivateAddress)
+        );
+        let pinned = vet(url, &policy(&https, true), true, &dns).unwrap();
+        assert_eq!(pinned.addrs, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn vetting_resolves_for_private_networks_only_when_asked_to_pin() {
+        let https = https();
+        let url = "https://nowhere.invalid/r.git";
+        let v = vet(url, &policy(&https, true), false, &no_dns).unwrap();
+        assert!(v.addrs.is_empty());
+        assert_eq!(
+            vet(url, &policy(&https, true), true, &no_dns),
+            Err(PolicyError::Unresolvable)
+        );
+        assert_eq!(
+            vet(url, &policy(&https, false), false, &answers(&[])),
+            Err(PolicyError::Unresolvable)
+        );
+    }
+
+    #[test]
+    fn vetting_checks_the_syntax_before_resolving() {
+        let https = https();
+        assert_eq!(
+            vet("http://h/r.git", &policy(&https, false), true, &no_dns),
+            Err(PolicyError::Scheme("http".into()))
+        );
+        assert_eq!(
+            vet(
+                "https://127.0.0.1/r.git",
+                &policy(&https, false),
+                true,
+                &no_dns
+            ),
+            Err(PolicyError::PrivateAddress)
+        );
     }
 
     #[test]

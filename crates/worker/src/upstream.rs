@@ -13,7 +13,7 @@
 //! URL was edited in the database, does not open, and the run fails before
 //! contacting anyone.
 
-use depot_domain::policy::{Target, check_addresses, check_syntax, origin, target};
+use depot_domain::policy::{PolicyError, Resolve, UrlPolicy, origin};
 use depot_gitsync::Credentials;
 use depot_secrets::{Credential, KeyRing};
 use depot_settings::Upstream as Policy;
@@ -22,11 +22,6 @@ use std::net::{IpAddr, ToSocketAddrs};
 
 /// The host did not resolve: the only error here worth retrying.
 pub(crate) const UNRESOLVABLE: &str = "upstream_unresolvable";
-
-/// Name resolution, injectable so tests can play a rebinding DNS.
-pub(crate) trait Resolve {
-    fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<IpAddr>>;
-}
 
 /// The system's resolver.
 pub(crate) struct SystemResolver;
@@ -45,21 +40,15 @@ pub(crate) fn vet(
     policy: &Policy,
     resolver: &dyn Resolve,
 ) -> Result<Vec<IpAddr>, String> {
-    let parsed =
-        check_syntax(url, &policy.allowed_schemes).map_err(|e| format!("upstream_refused: {e}"))?;
-    let addrs = match target(&parsed) {
-        Target::Literal(ip) => vec![ip],
-        Target::Resolve(host, port) => resolver
-            .resolve(&host, port)
-            .map_err(|_| UNRESOLVABLE.to_string())?,
+    let policy = UrlPolicy {
+        allowed_schemes: &policy.allowed_schemes,
+        allow_private_networks: policy.allow_private_networks,
     };
-    if addrs.is_empty() {
-        return Err(UNRESOLVABLE.to_string());
+    match depot_domain::policy::vet(url, &policy, true, resolver) {
+        Ok(vetted) => Ok(vetted.addrs),
+        Err(PolicyError::Unresolvable) => Err(UNRESOLVABLE.to_string()),
+        Err(e) => Err(format!("upstream_refused: {e}")),
     }
-    if !policy.allow_private_networks {
-        check_addresses(&addrs).map_err(|e| format!("upstream_refused: {e}"))?;
-    }
-    Ok(addrs)
 }
 
 pub(crate) fn credentials(
