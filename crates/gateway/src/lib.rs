@@ -62,6 +62,7 @@ impl Application {
         let workers = settings.gateway.workers;
         let shutdown_seconds = settings.gateway.shutdown_seconds;
         let openapi = web::Data::new(routes::openapi::OpenApiDoc::load()?);
+        let probes = web::Data::new(depot_probes::Probes::new(pool.clone(), broker.clone()));
         let state = web::Data::new(AppState {
             pool,
             broker,
@@ -75,6 +76,7 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(metrics::observe))
                 .app_data(state.clone())
                 .app_data(openapi.clone())
+                .app_data(probes.clone())
                 .configure(|cfg| routes::configure(cfg, &state.settings))
         })
         .listen(listener)?

@@ -71,7 +71,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         settings,
         hard_stop: CancellationToken::new(),
     });
-    let admin = metrics::bind(&ctx).await?;
+    let admin = metrics::bind(&ctx)?;
     let admin = tokio::spawn(metrics::serve(ctx.clone(), admin, shutdown.clone()));
     let relay = tokio::spawn(relay::run(ctx.clone(), shutdown.clone()));
     let maintenance = tokio::spawn(maintenance::run(ctx.clone(), shutdown.clone()));

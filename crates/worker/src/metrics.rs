@@ -14,6 +14,7 @@
 //! data instead of 0 (and `increase()` misses that first event).
 
 use crate::Ctx;
+use actix_web::{App, HttpResponse, HttpServer, web};
 use depot_domain::{Direction, Outcome, Stats};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -21,8 +22,6 @@ use prometheus::{
 };
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// The worker's series. One set per process, like its log subscriber.
@@ -389,10 +388,9 @@ pub(crate) fn lease_expired(requeued: bool) {
 }
 
 /// Bind the admin port; an unusable address stops the worker at start.
-pub(crate) async fn bind(ctx: &Ctx) -> anyhow::Result<TcpListener> {
+pub(crate) fn bind(ctx: &Ctx) -> anyhow::Result<std::net::TcpListener> {
     let addr = ctx.settings.worker.metrics_listen;
-    let listener = TcpListener::bind(addr)
-        .await
+    let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| anyhow::anyhow!("worker.metrics_listen {addr}: {e}"))?;
     let port = listener.local_addr()?.port();
     tracing::info!(port, "metrics listening");
@@ -400,108 +398,69 @@ pub(crate) async fn bind(ctx: &Ctx) -> anyhow::Result<TcpListener> {
 }
 
 /// Serve the admin port until `shutdown`.
-pub(crate) async fn serve(ctx: Arc<Ctx>, listener: TcpListener, shutdown: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                tokio::spawn(handle(ctx.clone(), stream));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+pub(crate) async fn serve(
+    ctx: Arc<Ctx>,
+    listener: std::net::TcpListener,
+    shutdown: CancellationToken,
+) {
+    let server = match server(ctx, listener) {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve the metrics port");
+            return;
+        }
+    };
+    let handle = server.handle();
+    tokio::select! {
+        result = server => {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "metrics server failed");
             }
         }
+        _ = shutdown.cancelled() => handle.stop(false).await,
     }
 }
 
-/// One request per connection: read the head, answer, close.
-async fn handle(ctx: Arc<Ctx>, mut stream: TcpStream) {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok::<_, std::io::Error>(())
+/// The admin port's server (actix-web, as the gateway's; the probes are the
+/// gateway's too).
+fn server(
+    ctx: Arc<Ctx>,
+    listener: std::net::TcpListener,
+) -> std::io::Result<actix_web::dev::Server> {
+    let probes = web::Data::new(depot_probes::Probes::new(
+        ctx.pool.clone(),
+        ctx.broker.clone(),
+    ));
+    let ctx = web::Data::from(ctx);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(ctx.clone())
+            .app_data(probes.clone())
+            .configure(depot_probes::configure)
+            .route("/metrics", web::get().to(endpoint))
+            .default_service(web::to(not_found))
     })
-    .await;
-    if !matches!(read, Ok(Ok(()))) {
-        return;
-    }
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => {
-            refresh_gauges(&ctx).await;
-            (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                metrics().render(),
-            )
-        }
-        ("GET", "/healthz") => ("200 OK", "application/json", r#"{"status":"ok"}"#.into()),
-        ("GET", "/readyz") => {
-            let (database, broker) = readiness(&ctx).await;
-            let ok = database && broker;
-            (
-                if ok {
-                    "200 OK"
-                } else {
-                    "503 Service Unavailable"
-                },
-                "application/json",
-                serde_json::json!({
-                    "status": if ok { "ok" } else { "unavailable" },
-                    "checks": { "database": database, "broker": broker },
-                })
-                .to_string(),
-            )
-        }
-        (_, "/metrics" | "/healthz" | "/readyz") => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "method not allowed\n".into(),
-        ),
-        _ => ("404 Not Found", "text/plain", "not found\n".into()),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
-    })
-    .await;
+    // A scrape is small and rare: one thread, and no signal handling of
+    // its own (the worker's shutdown stops it).
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    Ok(server)
 }
 
-async fn database_ok(ctx: &Ctx) -> bool {
-    let check = async {
-        let client = ctx.pool.get().await.ok()?;
-        client.simple_query("SELECT 1").await.ok()
-    };
-    tokio::time::timeout(Duration::from_secs(2), check)
-        .await
-        .ok()
-        .flatten()
-        .is_some()
+async fn endpoint(ctx: web::Data<Ctx>) -> HttpResponse {
+    refresh_gauges(&ctx).await;
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics().render())
 }
 
-async fn readiness(ctx: &Ctx) -> (bool, bool) {
-    let database = database_ok(ctx).await;
-    let broker = ctx.broker.get().is_some();
-    (database, broker)
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound()
+        .content_type("text/plain")
+        .body("not found\n")
 }
 
 /// Read the deployment-wide gauges. A dependency that does not answer leaves

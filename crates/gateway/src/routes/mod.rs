@@ -1,7 +1,6 @@
 //! Route table and the cross-cutting request handling (envelope for every
 //! error, `Accept` negotiation, body limits, one span per request).
 
-pub mod health;
 pub mod openapi;
 pub mod orgs;
 pub mod repos;
@@ -26,8 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, settings: &Settings) {
         web::PathConfig::default()
             .error_handler(|e, _| ApiError::invalid("path", format!("invalid path: {e}")).into()),
     )
-    .route("/healthz", web::get().to(health::healthz))
-    .route("/readyz", web::get().to(health::readyz))
+    .configure(depot_probes::configure)
     .route("/metrics", web::get().to(crate::metrics::endpoint))
     .service(
         web::scope("/v1")
