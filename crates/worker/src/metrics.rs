@@ -105,7 +105,6 @@ const OUTCOMES: [Outcome; 4] = [
     Outcome::Filtered,
 ];
 const ATTEMPT_KINDS: [&str; 2] = ["first", "retry"];
-const RELAY_SOURCES: [&str; 3] = ["outbox", "lease_expired", "presumed_lost"];
 const RELAY_RESULTS: [&str; 2] = ["ok", "error"];
 const LEASE_RESULTS: [&str; 2] = ["requeued", "failed"];
 const QUEUES: [&str; 2] = ["jobs", "dead"];
@@ -138,7 +137,7 @@ impl WorkerMetrics {
             }
             self.upstream_connections.with_label_values(&[d]);
         }
-        for source in RELAY_SOURCES {
+        for source in RelaySource::ALL.map(RelaySource::label) {
             for result in RELAY_RESULTS {
                 self.relay_publishes.with_label_values(&[source, result]);
             }
@@ -360,17 +359,49 @@ pub(crate) fn transferred(direction: Direction, t: &depot_gitsync::Transfer) {
         .inc_by(t.connections());
 }
 
-/// The relay published (or failed to publish) a job. `source`: outbox,
-/// lease_expired, presumed_lost.
-pub(crate) fn relay_published(source: &str, ok: bool) {
-    let source = match source {
-        "outbox" => "outbox",
-        "lease expired" | "lease_expired" => "lease_expired",
-        _ => "presumed_lost",
-    };
+/// Why the relay published a job: the `source` label of
+/// `depot_relay_publishes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RelaySource {
+    /// An outbox row the gateway could not confirm.
+    Outbox,
+    /// A run whose lease ran out, re-queued by the sweeper.
+    LeaseExpired,
+    /// A queued sync the jobs queue has no message for.
+    PresumedLost,
+}
+
+impl RelaySource {
+    const ALL: [RelaySource; 3] = [
+        RelaySource::Outbox,
+        RelaySource::LeaseExpired,
+        RelaySource::PresumedLost,
+    ];
+
+    /// The metric label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            RelaySource::Outbox => "outbox",
+            RelaySource::LeaseExpired => "lease_expired",
+            RelaySource::PresumedLost => "presumed_lost",
+        }
+    }
+
+    /// The reason, as the relay's log lines say it.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            RelaySource::Outbox => "outbox",
+            RelaySource::LeaseExpired => "lease expired",
+            RelaySource::PresumedLost => "message presumed lost",
+        }
+    }
+}
+
+/// The relay published (or failed to publish) a job.
+pub(crate) fn relay_published(source: RelaySource, ok: bool) {
     metrics()
         .relay_publishes
-        .with_label_values(&[source, if ok { "ok" } else { "error" }])
+        .with_label_values(&[source.label(), if ok { "ok" } else { "error" }])
         .inc();
 }
 

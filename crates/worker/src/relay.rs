@@ -12,6 +12,7 @@
 //! - purge: remove the git data of deleted repositories.
 
 use crate::Ctx;
+use crate::metrics::RelaySource;
 use depot_contracts::Message as _;
 use depot_contracts::sync_v1::SyncJob;
 use depot_domain::SyncStatus;
@@ -71,12 +72,12 @@ async fn relay_outbox(ctx: &Ctx) -> Result<(), StoreError> {
         };
         match broker.publish(&job).await {
             Ok(()) => {
-                crate::metrics::relay_published("outbox", true);
+                crate::metrics::relay_published(RelaySource::Outbox, true);
                 depot_store::outbox::mark_published(&tx, row.id).await?;
                 tracing::info!(sync_id = %row.sync_id, "relay published job");
             }
             Err(e) => {
-                crate::metrics::relay_published("outbox", false);
+                crate::metrics::relay_published(RelaySource::Outbox, false);
                 tracing::warn!(error = %e, "relay publish failed");
                 ctx.broker.report_broken();
                 break;
@@ -87,7 +88,7 @@ async fn relay_outbox(ctx: &Ctx) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn publish_all(ctx: &Ctx, jobs: &[(String, String, i32)], why: &str) {
+async fn publish_all(ctx: &Ctx, jobs: &[(String, String, i32)], source: RelaySource) {
     let Some(broker) = ctx.broker.get() else {
         return;
     };
@@ -95,13 +96,13 @@ async fn publish_all(ctx: &Ctx, jobs: &[(String, String, i32)], why: &str) {
         let job = depot_broker::job(sync_id, repo_id, *attempt, HashMap::new());
         if let Err(e) = broker.publish(&job).await {
             // The sync stays queued; the next lost-message pass tries again.
-            crate::metrics::relay_published(why, false);
+            crate::metrics::relay_published(source, false);
             tracing::warn!(sync_id = %sync_id, error = %e, "re-publish failed");
             ctx.broker.report_broken();
             return;
         }
-        crate::metrics::relay_published(why, true);
-        tracing::info!(sync_id = %sync_id, why, "re-published job");
+        crate::metrics::relay_published(source, true);
+        tracing::info!(sync_id = %sync_id, why = source.reason(), "re-published job");
     }
 }
 
@@ -125,7 +126,7 @@ async fn sweep(ctx: &Ctx) -> Result<(), StoreError> {
             }
         }
     }
-    publish_all(ctx, &requeued, "lease expired").await;
+    publish_all(ctx, &requeued, RelaySource::LeaseExpired).await;
     Ok(())
 }
 
@@ -177,7 +178,7 @@ async fn republish_stale(ctx: &Ctx) -> Result<(), StoreError> {
         tx.commit().await?;
         stale
     };
-    publish_all(ctx, &stale, "message presumed lost").await;
+    publish_all(ctx, &stale, RelaySource::PresumedLost).await;
     Ok(())
 }
 

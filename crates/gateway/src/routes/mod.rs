@@ -6,7 +6,7 @@ pub mod orgs;
 pub mod repos;
 pub mod syncs;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
@@ -108,7 +108,7 @@ async fn envelope(
         if !accepts_json(req.request()) {
             let err = ApiError::new(
                 StatusCode::NOT_ACCEPTABLE,
-                "NOT_ACCEPTABLE",
+                ErrorCode::NotAcceptable,
                 "this API only produces application/json",
             );
             let (req, _) = req.into_parts();
@@ -138,10 +138,12 @@ async fn envelope(
                 // statuses it documents, so odd ones become 400.
                 let (code, status) = match status {
                     StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
-                        ("NOT_FOUND", StatusCode::NOT_FOUND)
+                        (ErrorCode::NotFound, StatusCode::NOT_FOUND)
                     }
-                    s if s.is_server_error() => ("INTERNAL", StatusCode::INTERNAL_SERVER_ERROR),
-                    _ => ("INVALID_REQUEST", StatusCode::BAD_REQUEST),
+                    s if s.is_server_error() => {
+                        (ErrorCode::Internal, StatusCode::INTERNAL_SERVER_ERROR)
+                    }
+                    _ => (ErrorCode::InvalidRequest, StatusCode::BAD_REQUEST),
                 };
                 let err = ApiError::new(
                     status,

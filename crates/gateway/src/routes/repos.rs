@@ -3,7 +3,7 @@
 use super::{json_response, read_body};
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::json::{self, Field};
 use crate::pagination::{self, PageQuery};
 use crate::policy::check_upstream_url;
@@ -180,7 +180,7 @@ async fn checked_upstream(
 fn auth_required() -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
-        "UPSTREAM_AUTH_REQUIRED",
+        ErrorCode::UpstreamAuthRequired,
         "upstream.url names another origin (scheme, host or port) than the stored credential \
          was given for: send upstream.auth with the credential for the new origin, \
          or \"auth\": null for none",
@@ -305,7 +305,7 @@ pub async fn create(
     .await?;
     if !inserted {
         return Err(ApiError::conflict(
-            "REPO_ALREADY_EXISTS",
+            ErrorCode::RepoAlreadyExists,
             format!("a repository named {name:?} already exists"),
         )
         .with_detail("name", name));
@@ -424,7 +424,7 @@ pub async fn update(
     if !depot_store::repos::update(&tx, &repo.id, &changes).await? {
         let n = new_name.unwrap_or_default();
         return Err(ApiError::conflict(
-            "REPO_ALREADY_EXISTS",
+            ErrorCode::RepoAlreadyExists,
             format!("a repository named {n:?} already exists"),
         )
         .with_detail("name", n));

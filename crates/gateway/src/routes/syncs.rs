@@ -6,7 +6,7 @@ use super::repos::{is_valid_name, load_repo};
 use super::{json_response, read_body};
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::json;
 use crate::pagination::{self, PageQuery};
 use crate::views;
@@ -139,7 +139,7 @@ pub async fn create(
             }
             Reservation::Mismatch | Reservation::InFlight => {
                 return Err(ApiError::conflict(
-                    "IDEMPOTENCY_KEY_REUSED",
+                    ErrorCode::IdempotencyKeyReused,
                     "this Idempotency-Key was used with a different request",
                 ));
             }
@@ -149,7 +149,7 @@ pub async fn create(
     let outcome: Result<(depot_store::syncs::SyncRecord, i64), ApiError> = async {
         if repo.upstream.is_none() {
             return Err(ApiError::conflict(
-                "UPSTREAM_NOT_CONFIGURED",
+                ErrorCode::UpstreamNotConfigured,
                 "the repository has no upstream",
             ));
         }
@@ -171,7 +171,7 @@ pub async fn create(
             }
         })? {
             Enqueued::AlreadyQueued(existing) => Err(ApiError::conflict(
-                "SYNC_ALREADY_QUEUED",
+                ErrorCode::SyncAlreadyQueued,
                 "an identical sync is already queued; it will see the latest state when it runs",
             )
             .with_detail("sync_id", existing)),
