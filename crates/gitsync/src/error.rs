@@ -6,17 +6,18 @@
 //! URL (userinfo included) or a host, so they never reach `SyncError`; they
 //! are only logged, with userinfo scrubbed.
 
+use depot_domain::{Failure, FailureCode};
 use git2::{ErrorClass, ErrorCode};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SyncError {
     /// Retry later: connect/timeout, upstream 5xx, 429, lock contention.
     #[error("{0}")]
-    Transient(String),
+    Transient(Failure),
     /// Fail now: authentication, not found, invalid URL, corrupt repository,
     /// pack too large.
     #[error("{0}")]
-    Permanent(String),
+    Permanent(Failure),
     /// The run's cancel flag was raised.
     #[error("cancelled")]
     Cancelled,
@@ -27,21 +28,25 @@ impl SyncError {
         matches!(self, SyncError::Transient(_))
     }
 
-    pub(crate) fn transient(code: impl Into<String>) -> Self {
-        SyncError::Transient(code.into())
+    /// The failure, transient or permanent as its code says
+    /// ([`FailureCode::is_transient`]).
+    pub(crate) fn of(failure: impl Into<Failure>) -> Self {
+        let failure = failure.into();
+        if failure.is_transient() {
+            SyncError::Transient(failure)
+        } else {
+            SyncError::Permanent(failure)
+        }
     }
 
-    pub(crate) fn permanent(code: impl Into<String>) -> Self {
-        SyncError::Permanent(code.into())
+    /// The failure, unless the run was cancelled.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            SyncError::Transient(f) | SyncError::Permanent(f) => Some(f),
+            SyncError::Cancelled => None,
+        }
     }
 }
-
-pub(crate) const AUTHENTICATION_FAILED: &str = "authentication_failed";
-pub(crate) const TIMEOUT: &str = "timeout";
-pub(crate) const PACK_TOO_LARGE: &str = "pack_too_large";
-pub(crate) const CONCURRENT_UPDATE: &str = "concurrent_update";
-pub(crate) const INVALID_URL: &str = "invalid_url";
-pub(crate) const REPOSITORY_ERROR: &str = "repository_error";
 
 /// Map a libgit2 error to a `SyncError`. Pure, so the whole table is unit
 /// tested with synthetic errors; callers that aborted an operation from a
@@ -56,14 +61,14 @@ pub(crate) fn classify(err: &git2::Error) -> SyncError {
     );
 
     match err.code() {
-        ErrorCode::Auth => return SyncError::permanent(AUTHENTICATION_FAILED),
-        ErrorCode::Certificate => return SyncError::permanent("certificate_invalid"),
-        ErrorCode::Timeout => return SyncError::transient(TIMEOUT),
-        ErrorCode::Locked => return SyncError::transient("lock_contention"),
+        ErrorCode::Auth => return SyncError::of(FailureCode::AuthenticationFailed),
+        ErrorCode::Certificate => return SyncError::of(FailureCode::CertificateInvalid),
+        ErrorCode::Timeout => return SyncError::of(FailureCode::Timeout),
+        ErrorCode::Locked => return SyncError::of(FailureCode::LockContention),
         // Only raised by libgit2's own pre-push check, i.e. the remote ref
         // moved between our listing and the push: the next attempt re-plans.
-        ErrorCode::NotFastForward => return SyncError::transient(CONCURRENT_UPDATE),
-        ErrorCode::Owner => return SyncError::permanent(REPOSITORY_ERROR),
+        ErrorCode::NotFastForward => return SyncError::of(FailureCode::ConcurrentUpdate),
+        ErrorCode::Owner => return SyncError::of(FailureCode::RepositoryError),
         _ => {}
     }
 
@@ -80,48 +85,48 @@ pub(crate) fn classify(err: &git2::Error) -> SyncError {
     match err.class() {
         ErrorClass::Http => {
             if lower.contains("redirect") {
-                SyncError::permanent("redirect_refused")
+                SyncError::of(FailureCode::RedirectRefused)
             } else if lower.contains("authentication") || lower.contains("credentials") {
-                SyncError::permanent(AUTHENTICATION_FAILED)
+                SyncError::of(FailureCode::AuthenticationFailed)
             } else if lower.contains("content-type") {
                 // Something answered, but not a git smart-HTTP server (or
                 // not this path of one).
-                SyncError::permanent("invalid_upstream_response")
+                SyncError::of(FailureCode::InvalidUpstreamResponse)
             } else if lower.contains("invalid url") {
-                SyncError::permanent(INVALID_URL)
+                SyncError::of(FailureCode::InvalidUrl)
             } else {
-                SyncError::transient("upstream_protocol_error")
+                SyncError::of(FailureCode::UpstreamProtocolError)
             }
         }
         ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssl => {
             if lower.contains("timed out") {
-                SyncError::transient(TIMEOUT)
+                SyncError::of(FailureCode::Timeout)
             } else if lower.contains("cannot redirect") {
-                SyncError::permanent("redirect_refused")
+                SyncError::of(FailureCode::RedirectRefused)
             } else if lower.contains("unsupported url protocol")
                 || lower.contains("invalid url")
                 || lower.contains("malformed url")
             {
-                SyncError::permanent(INVALID_URL)
+                SyncError::of(FailureCode::InvalidUrl)
             } else if lower.contains("failed to resolve address") {
-                SyncError::transient("resolve_failed")
+                SyncError::of(FailureCode::ResolveFailed)
             } else if lower.contains("failed to connect") {
-                SyncError::transient("connect_failed")
+                SyncError::of(FailureCode::ConnectFailed)
             } else if lower.starts_with("remote error") {
                 // An ERR packet: the server itself refused (access denied,
                 // not exported, ...); asking again will not change that.
-                SyncError::permanent("upstream_refused")
+                SyncError::of(FailureCode::UpstreamRefused)
             } else if lower.contains("certificate") || lower.contains("x509") {
-                SyncError::permanent("certificate_invalid")
+                SyncError::of(FailureCode::CertificateInvalid)
             } else if err.class() == ErrorClass::Ssl {
-                SyncError::transient("tls_error")
+                SyncError::of(FailureCode::TlsError)
             } else {
-                SyncError::transient("network_error")
+                SyncError::of(FailureCode::NetworkError)
             }
         }
         // A pack that does not index is usually a truncated transfer.
-        ErrorClass::Indexer | ErrorClass::Zlib => SyncError::transient("invalid_pack"),
-        ErrorClass::Callback => SyncError::transient("aborted"),
+        ErrorClass::Indexer | ErrorClass::Zlib => SyncError::of(FailureCode::InvalidPack),
+        ErrorClass::Callback => SyncError::of(FailureCode::Aborted),
         ErrorClass::Repository
         | ErrorClass::Reference
         | ErrorClass::Odb
@@ -132,8 +137,8 @@ pub(crate) fn classify(err: &git2::Error) -> SyncError {
         | ErrorClass::Config
         | ErrorClass::Filesystem
         | ErrorClass::Sha1
-        | ErrorClass::FetchHead => SyncError::permanent(REPOSITORY_ERROR),
-        _ => SyncError::transient("git_error"),
+        | ErrorClass::FetchHead => SyncError::of(FailureCode::RepositoryError),
+        _ => SyncError::of(FailureCode::GitError),
     }
 }
 
@@ -152,11 +157,13 @@ fn http_status(lower_msg: &str) -> Option<u16> {
 
 pub(crate) fn from_http_status(status: u16) -> SyncError {
     match status {
-        401 | 403 => SyncError::permanent(AUTHENTICATION_FAILED),
-        404 | 410 => SyncError::permanent("upstream_not_found"),
-        408 => SyncError::transient(TIMEOUT),
-        429 | 500..=599 => SyncError::transient(format!("upstream_unavailable: http {status}")),
-        _ => SyncError::permanent(format!("upstream_error: http {status}")),
+        401 | 403 => SyncError::of(FailureCode::AuthenticationFailed),
+        404 | 410 => SyncError::of(FailureCode::UpstreamNotFound),
+        408 => SyncError::of(FailureCode::Timeout),
+        429 | 500..=599 => {
+            SyncError::of(FailureCode::UpstreamUnavailable.with(format!("http {status}")))
+        }
+        _ => SyncError::of(FailureCode::UpstreamError.with(format!("http {status}"))),
     }
 }
 
@@ -207,7 +214,7 @@ mod tests {
                 ErrorClass::Http,
                 "too many 401s for https://u:p@h/x"
             )),
-            SyncError::Permanent("authentication_failed".into())
+            SyncError::Permanent(FailureCode::AuthenticationFailed.into())
         );
         assert_eq!(
             classify(&err(
@@ -215,7 +222,7 @@ mod tests {
                 ErrorClass::Net,
                 "could not read from socket: timed out"
             )),
-            SyncError::Transient("timeout".into())
+            SyncError::Transient(FailureCode::Timeout.into())
         );
         assert_eq!(
             classify(&err(
@@ -223,7 +230,7 @@ mod tests {
                 ErrorClass::Os,
                 "failed to lock file 'x.lock' for writing"
             )),
-            SyncError::Transient("lock_contention".into())
+            SyncError::Transient(FailureCode::LockContention.into())
         );
         assert_eq!(
             classify(&err(
@@ -231,7 +238,7 @@ mod tests {
                 ErrorClass::Ssl,
                 "the SSL certificate is invalid"
             )),
-            SyncError::Permanent("certificate_invalid".into())
+            SyncError::Permanent(FailureCode::CertificateInvalid.into())
         );
         assert_eq!(
             classify(&err(
@@ -239,7 +246,7 @@ mod tests {
                 ErrorClass::Reference,
                 "cannot push"
             )),
-            SyncError::Transient("concurrent_update".into())
+            SyncError::Transient(FailureCode::ConcurrentUpdate.into())
         );
     }
 
@@ -253,33 +260,36 @@ mod tests {
         };
         assert_eq!(
             http(401),
-            SyncError::Permanent("authentication_failed".into())
+            SyncError::Permanent(FailureCode::AuthenticationFailed.into())
         );
         assert_eq!(
             http(403),
-            SyncError::Permanent("authentication_failed".into())
+            SyncError::Permanent(FailureCode::AuthenticationFailed.into())
         );
-        assert_eq!(http(404), SyncError::Permanent("upstream_not_found".into()));
+        assert_eq!(
+            http(404),
+            SyncError::Permanent(FailureCode::UpstreamNotFound.into())
+        );
         assert_eq!(
             http(503),
-            SyncError::Transient("upstream_unavailable: http 503".into())
+            SyncError::Transient(FailureCode::UpstreamUnavailable.with("http 503"))
         );
         assert_eq!(
             http(500),
-            SyncError::Transient("upstream_unavailable: http 500".into())
+            SyncError::Transient(FailureCode::UpstreamUnavailable.with("http 500"))
         );
         assert_eq!(
             http(429),
-            SyncError::Transient("upstream_unavailable: http 429".into())
+            SyncError::Transient(FailureCode::UpstreamUnavailable.with("http 429"))
         );
-        assert_eq!(http(408), SyncError::Transient("timeout".into()));
+        assert_eq!(http(408), SyncError::Transient(FailureCode::Timeout.into()));
         assert_eq!(
             http(418),
-            SyncError::Permanent("upstream_error: http 418".into())
+            SyncError::Permanent(FailureCode::UpstreamError.with("http 418"))
         );
         assert_eq!(
             generic(ErrorClass::Http, "proxy returned unexpected status: 502"),
-            SyncError::Transient("upstream_unavailable: http 502".into())
+            SyncError::Transient(FailureCode::UpstreamUnavailable.with("http 502"))
         );
     }
 
@@ -290,52 +300,52 @@ mod tests {
                 ErrorClass::Os,
                 "failed to connect to 10.0.0.1: Connection refused"
             ),
-            SyncError::Transient("connect_failed".into())
+            SyncError::Transient(FailureCode::ConnectFailed.into())
         );
         assert_eq!(
             generic(
                 ErrorClass::Net,
                 "failed to connect to example.com: Operation timed out"
             ),
-            SyncError::Transient("timeout".into())
+            SyncError::Transient(FailureCode::Timeout.into())
         );
         assert_eq!(
             generic(
                 ErrorClass::Net,
                 "failed to resolve address for nope.invalid: Name or service not known"
             ),
-            SyncError::Transient("resolve_failed".into())
+            SyncError::Transient(FailureCode::ResolveFailed.into())
         );
         assert_eq!(
             generic(ErrorClass::Net, "unsupported URL protocol"),
-            SyncError::Permanent("invalid_url".into())
+            SyncError::Permanent(FailureCode::InvalidUrl.into())
         );
         assert_eq!(
             generic(
                 ErrorClass::Net,
                 "cannot redirect from 'https://a/x' to 'https://b/x'"
             ),
-            SyncError::Permanent("redirect_refused".into())
+            SyncError::Permanent(FailureCode::RedirectRefused.into())
         );
         assert_eq!(
             generic(ErrorClass::Http, "unexpected redirect"),
-            SyncError::Permanent("redirect_refused".into())
+            SyncError::Permanent(FailureCode::RedirectRefused.into())
         );
         assert_eq!(
             generic(ErrorClass::Http, "invalid content-type: 'text/html'"),
-            SyncError::Permanent("invalid_upstream_response".into())
+            SyncError::Permanent(FailureCode::InvalidUpstreamResponse.into())
         );
         assert_eq!(
             generic(ErrorClass::Net, "remote error: access denied"),
-            SyncError::Permanent("upstream_refused".into())
+            SyncError::Permanent(FailureCode::UpstreamRefused.into())
         );
         assert_eq!(
             generic(ErrorClass::Net, "early EOF"),
-            SyncError::Transient("network_error".into())
+            SyncError::Transient(FailureCode::NetworkError.into())
         );
         assert_eq!(
             generic(ErrorClass::Ssl, "SSL error: received early EOF"),
-            SyncError::Transient("tls_error".into())
+            SyncError::Transient(FailureCode::TlsError.into())
         );
     }
 
@@ -343,11 +353,11 @@ mod tests {
     fn transport_codes() {
         assert_eq!(
             generic(ErrorClass::Net, "depot-transport: advertisement_too_large"),
-            SyncError::Permanent("advertisement_too_large".into())
+            SyncError::Permanent(FailureCode::AdvertisementTooLarge.into())
         );
         assert_eq!(
             generic(ErrorClass::Net, "depot-transport: timeout"),
-            SyncError::Transient("timeout".into())
+            SyncError::Transient(FailureCode::Timeout.into())
         );
     }
 
@@ -355,11 +365,11 @@ mod tests {
     fn local_repository_errors() {
         assert_eq!(
             generic(ErrorClass::Odb, "object not found"),
-            SyncError::Permanent("repository_error".into())
+            SyncError::Permanent(FailureCode::RepositoryError.into())
         );
         assert_eq!(
             generic(ErrorClass::Indexer, "unexpected end of pack"),
-            SyncError::Transient("invalid_pack".into())
+            SyncError::Transient(FailureCode::InvalidPack.into())
         );
         assert!(
             classify(&err(
@@ -383,13 +393,13 @@ mod tests {
             ErrorClass::Http,
             "invalid URL: 'https://user:hunter2@example.com/x'",
         );
-        assert_eq!(e, SyncError::Permanent("invalid_url".into()));
+        assert_eq!(e, SyncError::Permanent(FailureCode::InvalidUrl.into()));
     }
 
     #[test]
     fn transient_flag() {
-        assert!(SyncError::Transient("x".into()).is_transient());
-        assert!(!SyncError::Permanent("x".into()).is_transient());
+        assert!(SyncError::Transient(FailureCode::Timeout.into()).is_transient());
+        assert!(!SyncError::Permanent(FailureCode::Timeout.into()).is_transient());
         assert!(!SyncError::Cancelled.is_transient());
         assert_eq!(SyncError::Cancelled.to_string(), "cancelled");
     }

@@ -27,7 +27,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use depot_domain::{RefMatcher, RefStat};
+use depot_domain::{FailureCode, RefMatcher, RefStat};
 
 pub use error::SyncError;
 pub use transport::{
@@ -135,7 +135,7 @@ pub fn branch_tip(path: &Path, branch: &str) -> Result<Option<String>, SyncError
 /// The refs-per-run limit, checked once the matched refs are known.
 pub(crate) fn check_ref_count(spec: &RunSpec<'_>, matched: usize) -> Result<(), SyncError> {
     match spec.max_refs {
-        Some(max) if matched > max => Err(SyncError::Permanent("too_many_refs".into())),
+        Some(max) if matched > max => Err(SyncError::of(FailureCode::TooManyRefs)),
         _ => Ok(()),
     }
 }
@@ -143,6 +143,8 @@ pub(crate) fn check_ref_count(spec: &RunSpec<'_>, matched: usize) -> Result<(), 
 fn no_panic<T>(f: impl FnOnce() -> Result<T, SyncError>) -> Result<T, SyncError> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
         tracing::error!("panic in git operation");
-        Err(SyncError::Permanent("internal_error".into()))
+        // Permanent although `internal_error` is transient elsewhere (a
+        // transport hiccup): a panic would most likely happen again.
+        Err(SyncError::Permanent(FailureCode::InternalError.into()))
     })
 }

@@ -16,23 +16,22 @@ use git2::{
     FetchOptions, FetchPrune, Oid, RemoteCallbacks, RemoteRedirect, Repository,
 };
 
-use crate::error::{
-    AUTHENTICATION_FAILED, INVALID_URL, PACK_TOO_LARGE, SyncError, TIMEOUT, classify,
-};
+use crate::error::{SyncError, classify};
 use crate::transport::Scope;
 use crate::{Credentials, RunSpec};
+use depot_domain::FailureCode;
 
 /// Refuse anything but plain http(s) URLs without userinfo. The caller has
 /// applied the upstream policy already; this keeps libgit2 away from
 /// `file://`, `ssh`, `ext::` and URL-embedded credentials even if it did not.
 pub(crate) fn check_url(raw: &str) -> Result<(), SyncError> {
-    let url = url::Url::parse(raw).map_err(|_| SyncError::permanent(INVALID_URL))?;
+    let url = url::Url::parse(raw).map_err(|_| SyncError::of(FailureCode::InvalidUrl))?;
     let scheme_ok = matches!(url.scheme(), "http" | "https");
     let no_userinfo = url.username().is_empty() && url.password().is_none();
     if scheme_ok && no_userinfo && url.host_str().is_some_and(|h| !h.is_empty()) {
         Ok(())
     } else {
-        Err(SyncError::permanent(INVALID_URL))
+        Err(SyncError::of(FailureCode::InvalidUrl))
     }
 }
 
@@ -50,9 +49,9 @@ impl From<Abort> for SyncError {
     fn from(a: Abort) -> Self {
         match a {
             Abort::Cancelled => SyncError::Cancelled,
-            Abort::Timeout => SyncError::transient(TIMEOUT),
-            Abort::PackTooLarge => SyncError::permanent(PACK_TOO_LARGE),
-            Abort::ConcurrentUpdate => SyncError::transient(crate::error::CONCURRENT_UPDATE),
+            Abort::Timeout => SyncError::of(FailureCode::Timeout),
+            Abort::PackTooLarge => SyncError::of(FailureCode::PackTooLarge),
+            Abort::ConcurrentUpdate => SyncError::of(FailureCode::ConcurrentUpdate),
         }
     }
 }
@@ -207,7 +206,11 @@ impl<'a> Guard<'a> {
 pub(crate) const DEFAULT_TOKEN_USERNAME: &str = "x-access-token";
 
 fn auth_error() -> git2::Error {
-    git2::Error::new(ErrorCode::Auth, ErrorClass::Callback, AUTHENTICATION_FAILED)
+    git2::Error::new(
+        ErrorCode::Auth,
+        ErrorClass::Callback,
+        FailureCode::AuthenticationFailed.as_str(),
+    )
 }
 
 fn callback_error(msg: &str) -> git2::Error {
@@ -297,7 +300,7 @@ mod tests {
         ] {
             assert_eq!(
                 check_url(bad),
-                Err(SyncError::Permanent("invalid_url".into())),
+                Err(SyncError::Permanent(FailureCode::InvalidUrl.into())),
                 "{bad}"
             );
         }
@@ -332,7 +335,10 @@ mod tests {
             net: &crate::Net::pinned(vec![]),
         };
         let g = Guard::new(&spec);
-        assert_eq!(g.check(), Err(SyncError::Transient("timeout".into())));
+        assert_eq!(
+            g.check(),
+            Err(SyncError::Transient(FailureCode::Timeout.into()))
+        );
         flag.store(true, Ordering::Relaxed);
         assert_eq!(g.check(), Err(SyncError::Cancelled));
         assert!(g.trip());

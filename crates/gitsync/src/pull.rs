@@ -22,8 +22,9 @@ use depot_domain::{Outcome, RefKind, RefStat};
 use git2::{ErrorCode, ObjectType, Odb, Oid, Repository};
 
 use crate::RunSpec;
-use crate::error::{CONCURRENT_UPDATE, REPOSITORY_ERROR, SyncError, classify};
+use crate::error::{SyncError, classify};
 use crate::net::{Guard, check_url, is_valid_ref_name, list_remote, open_existing};
+use depot_domain::FailureCode;
 
 const REFLOG_MSG: &str = "depot-sync: pull";
 
@@ -50,8 +51,8 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     if let Some(age) = spec.stale_lock_age {
         crate::repo::clear_stale_locks(spec.repo_path, age);
     }
-    let repo =
-        open_existing(spec.repo_path)?.ok_or_else(|| SyncError::permanent(REPOSITORY_ERROR))?;
+    let repo = open_existing(spec.repo_path)?
+        .ok_or_else(|| SyncError::of(FailureCode::RepositoryError))?;
     if let Some(branch) = spec.default_branch {
         crate::repo::point_head(&repo, branch)?;
     }
@@ -132,7 +133,7 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     for (name, kind, advertised_oid) in wanted {
         guard.check()?;
         if !odb.exists(advertised_oid) {
-            return Err(SyncError::transient("fetch_incomplete"));
+            return Err(SyncError::of(FailureCode::FetchIncomplete));
         }
         let stat = apply(&repo, &odb, &name, kind, advertised_oid)?;
         if stat.outcome == Outcome::Updated {
@@ -162,7 +163,7 @@ fn check_sync_id(id: &str) -> Result<(), SyncError> {
     if ok {
         Ok(())
     } else {
-        Err(SyncError::permanent("invalid_sync_id"))
+        Err(SyncError::of(FailureCode::InvalidSyncId))
     }
 }
 
@@ -259,12 +260,13 @@ fn apply(
         return match repo.reference_matching(name, upstream, true, local, REFLOG_MSG) {
             Ok(_) => Ok(stat(Some(local), Outcome::Updated)),
             Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::NotFound) => {
-                Ok(stat(Some(local), Outcome::Rejected).with_reason(CONCURRENT_UPDATE))
+                Ok(stat(Some(local), Outcome::Rejected)
+                    .with_reason(FailureCode::ConcurrentUpdate.as_str()))
             }
             Err(e) => Err(classify(&e)),
         };
     }
-    Ok(stat(last_seen, Outcome::Rejected).with_reason(CONCURRENT_UPDATE))
+    Ok(stat(last_seen, Outcome::Rejected).with_reason(FailureCode::ConcurrentUpdate.as_str()))
 }
 
 #[cfg(test)]
@@ -278,7 +280,7 @@ mod tests {
         for bad in ["", "a/b", "..", "a.lock", "a b", "x*", &"a".repeat(129)] {
             assert_eq!(
                 check_sync_id(bad),
-                Err(SyncError::Permanent("invalid_sync_id".into())),
+                Err(SyncError::Permanent(FailureCode::InvalidSyncId.into())),
                 "{bad}"
             );
         }

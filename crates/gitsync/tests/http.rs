@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
-use depot_domain::{Outcome, RefGlobs, RefMatcher, RefStat};
+use depot_domain::{FailureCode, Outcome, RefGlobs, RefMatcher, RefStat};
 use depot_gitsync::{Credentials, RunSpec, SyncError, branch_tip, ensure_repo, pull, push};
 use depot_testkit::GitHttpServer;
 use depot_testkit::fixture::{
@@ -402,7 +402,10 @@ fn pull_pack_limit_fails_and_cleans_quarantine() {
     let m = all();
     let mut s = spec(&e, &m);
     s.max_pack_bytes = Some(1);
-    assert_eq!(pull(&s), Err(SyncError::Permanent("pack_too_large".into())));
+    assert_eq!(
+        pull(&s),
+        Err(SyncError::Permanent(FailureCode::PackTooLarge.into()))
+    );
     // The repository was created, nothing landed, no quarantine left.
     assert_eq!(all_ref_names(&e.hosted), Vec::<String>::new());
 }
@@ -596,7 +599,10 @@ fn basic_auth_right_and_wrong() {
         let before = e.server.request_count();
         let started = Instant::now();
         let err = run(&s).unwrap_err();
-        assert_eq!(err, SyncError::Permanent("authentication_failed".into()));
+        assert_eq!(
+            err,
+            SyncError::Permanent(FailureCode::AuthenticationFailed.into())
+        );
         let text = format!("{err} {err:?}");
         assert!(
             !text.contains("alice") && !text.contains("wrong-pw"),
@@ -611,7 +617,9 @@ fn basic_auth_right_and_wrong() {
         let before = e.server.request_count();
         assert_eq!(
             run(&s),
-            Err(SyncError::Permanent("authentication_failed".into()))
+            Err(SyncError::Permanent(
+                FailureCode::AuthenticationFailed.into()
+            ))
         );
         assert!(e.server.request_count() - before <= 2);
     }
@@ -635,7 +643,7 @@ fn server_errors_are_classified() {
     assert_eq!(
         push(&spec(&e, &m)),
         Err(SyncError::Transient(
-            "upstream_unavailable: http 503".into()
+            FailureCode::UpstreamUnavailable.with("http 503")
         ))
     );
     e.server.set_fault(Some(429));
@@ -647,7 +655,7 @@ fn server_errors_are_classified() {
     s.url = &missing;
     assert_eq!(
         pull(&s),
-        Err(SyncError::Permanent("upstream_not_found".into()))
+        Err(SyncError::Permanent(FailureCode::UpstreamNotFound.into()))
     );
 
     // Nothing listens on this port any more.
@@ -656,10 +664,16 @@ fn server_errors_are_classified() {
         format!("http://{}/x.git", l.local_addr().unwrap())
     };
     s.url = &closed;
-    assert_eq!(pull(&s), Err(SyncError::Transient("connect_failed".into())));
+    assert_eq!(
+        pull(&s),
+        Err(SyncError::Transient(FailureCode::ConnectFailed.into()))
+    );
 
     s.url = "file:///etc";
-    assert_eq!(pull(&s), Err(SyncError::Permanent("invalid_url".into())));
+    assert_eq!(
+        pull(&s),
+        Err(SyncError::Permanent(FailureCode::InvalidUrl.into()))
+    );
 }
 
 fn seed_hosted_by_pull(e: &Env) {
@@ -675,10 +689,16 @@ fn deadline_and_cancel_stop_before_network() {
 
     let mut s = spec(&e, &m);
     s.deadline = Instant::now() - Duration::from_millis(1);
-    assert_eq!(pull(&s), Err(SyncError::Transient("timeout".into())));
+    assert_eq!(
+        pull(&s),
+        Err(SyncError::Transient(FailureCode::Timeout.into()))
+    );
     ensure_repo(&e.hosted).unwrap();
     e.work.push_all_to(&e.hosted).unwrap();
-    assert_eq!(push(&s), Err(SyncError::Transient("timeout".into())));
+    assert_eq!(
+        push(&s),
+        Err(SyncError::Transient(FailureCode::Timeout.into()))
+    );
 
     let cancel = AtomicBool::new(true);
     let mut s = spec(&e, &m);
@@ -751,11 +771,11 @@ fn redirects_to_another_host_are_refused() {
 
     assert_eq!(
         pull(&s),
-        Err(SyncError::Permanent("redirect_refused".into()))
+        Err(SyncError::Permanent(FailureCode::RedirectRefused.into()))
     );
     assert_eq!(
         push(&s),
-        Err(SyncError::Permanent("redirect_refused".into()))
+        Err(SyncError::Permanent(FailureCode::RedirectRefused.into()))
     );
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2);
     assert_eq!(e.server.request_count(), before);
@@ -921,7 +941,10 @@ fn the_refs_per_run_limit_fails_a_run_before_any_transfer() {
     let mut s = spec(&e, &m);
     s.max_refs = Some(upstream_refs - 1);
     let before = e.server.request_count();
-    assert_eq!(pull(&s), Err(SyncError::Permanent("too_many_refs".into())));
+    assert_eq!(
+        pull(&s),
+        Err(SyncError::Permanent(FailureCode::TooManyRefs.into()))
+    );
     assert!(
         e.server.request_count() - before <= 2,
         "only the listing may happen"
@@ -938,7 +961,10 @@ fn the_refs_per_run_limit_fails_a_run_before_any_transfer() {
     p.url = &url;
     p.max_refs = Some(upstream_refs - 1);
     let before = e.server.request_count();
-    assert_eq!(push(&p), Err(SyncError::Permanent("too_many_refs".into())));
+    assert_eq!(
+        push(&p),
+        Err(SyncError::Permanent(FailureCode::TooManyRefs.into()))
+    );
     assert_eq!(
         e.server.request_count(),
         before,

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use depot_domain::{Outcome, RefGlobs, RefMatcher};
+use depot_domain::{FailureCode, Outcome, RefGlobs, RefMatcher};
 use depot_gitsync::{Credentials, Net, RunSpec, SyncError, USER_AGENT, ensure_repo, pull, push};
 use depot_testkit::fixture::{WorkRepo, git_command, list_refs};
 use depot_testkit::{ConnectProxy, GitHttpServer, Hostile};
@@ -135,7 +135,7 @@ fn a_rebinding_answer_never_reaches_loopback() {
     s.deadline = Instant::now() + Duration::from_secs(3);
     let err = pull(&s).unwrap_err();
     assert!(
-        matches!(&err, SyncError::Transient(c) if c == "connect_failed" || c == "timeout" || c == "network_error"),
+        matches!(&err, SyncError::Transient(c) if matches!(c.code, FailureCode::ConnectFailed | FailureCode::Timeout | FailureCode::NetworkError)),
         "{err:?}"
     );
     assert_eq!(answers.get(), 1, "the transport never resolves");
@@ -150,7 +150,7 @@ fn no_address_no_connection() {
     let net = Net::pinned(vec![]);
     assert_eq!(
         pull(&spec(&e, &url, &net)),
-        Err(SyncError::Permanent("upstream_refused".into()))
+        Err(SyncError::Permanent(FailureCode::UpstreamRefused.into()))
     );
     assert_eq!(e.server.connection_count(), 0);
 }
@@ -165,7 +165,10 @@ fn assert_times_out_by_the_deadline(mode: Hostile, deadline: Duration) {
     let mut s = spec(&e, &url, &net);
     let started = Instant::now();
     s.deadline = started + deadline;
-    assert_eq!(pull(&s), Err(SyncError::Transient("timeout".into())));
+    assert_eq!(
+        pull(&s),
+        Err(SyncError::Transient(FailureCode::Timeout.into()))
+    );
     assert!(
         started.elapsed() < deadline + Duration::from_secs(2),
         "{:?}",
@@ -195,7 +198,7 @@ fn the_stall_bound_ends_a_silent_transfer_before_the_deadline() {
     let started = Instant::now();
     assert_eq!(
         pull(&spec(&e, &url, &net)),
-        Err(SyncError::Transient("timeout".into()))
+        Err(SyncError::Transient(FailureCode::Timeout.into()))
     );
     assert!(
         started.elapsed() < Duration::from_secs(4),
@@ -217,7 +220,9 @@ fn an_endless_advertisement_fails_with_advertisement_too_large() {
     let started = Instant::now();
     assert_eq!(
         pull(&spec(&e, &url, &net)),
-        Err(SyncError::Permanent("advertisement_too_large".into()))
+        Err(SyncError::Permanent(
+            FailureCode::AdvertisementTooLarge.into()
+        ))
     );
     assert!(started.elapsed() < Duration::from_secs(30));
     let growth = peak_growth_mib(idle);
@@ -250,7 +255,10 @@ fn an_oversized_pack_fails_with_pack_too_large_on_the_wire() {
     let mut s = spec(&e, &url, &net);
     s.max_pack_bytes = Some(4 << 20);
     let idle = status_kib("VmRSS:");
-    assert_eq!(pull(&s), Err(SyncError::Permanent("pack_too_large".into())));
+    assert_eq!(
+        pull(&s),
+        Err(SyncError::Permanent(FailureCode::PackTooLarge.into()))
+    );
     // Stopped at the cap, not after the whole pack.
     assert!(
         net.transfer.bytes_in() < 8 << 20,
@@ -331,7 +339,7 @@ fn redirects_are_not_followed() {
     let net = loopback();
     assert_eq!(
         pull(&spec(&e, &url, &net)),
-        Err(SyncError::Permanent("redirect_refused".into()))
+        Err(SyncError::Permanent(FailureCode::RedirectRefused.into()))
     );
     assert_eq!(e.server.seen_requests().len(), 1);
 }
@@ -390,7 +398,9 @@ fn a_refused_credential_is_not_retried() {
     s.credentials = Some(&creds);
     assert_eq!(
         pull(&s),
-        Err(SyncError::Permanent("authentication_failed".into()))
+        Err(SyncError::Permanent(
+            FailureCode::AuthenticationFailed.into()
+        ))
     );
     // The challenge, then one answer: never a loop.
     assert_eq!(e.server.seen_requests().len(), 2);
@@ -426,7 +436,7 @@ fn an_unreadable_ca_file_fails_the_run_before_any_connection() {
     };
     assert_eq!(
         pull(&spec(&e, &url, &net)),
-        Err(SyncError::Permanent("ca_file_invalid".into()))
+        Err(SyncError::Permanent(FailureCode::CaFileInvalid.into()))
     );
     assert_eq!(e.server.connection_count(), 0);
 }

@@ -5,7 +5,7 @@
 
 use crate::{GenericClient, Result, StoreError, corrupt};
 use chrono::{DateTime, Utc};
-use depot_domain::{Direction, RefGlobs, Stats, SyncStatus};
+use depot_domain::{Direction, FailureCode, RefGlobs, Stats, SyncStatus};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -506,6 +506,9 @@ pub async fn sweep_expired_leases(
     max_attempts: i32,
     limit: i64,
 ) -> Result<Vec<Swept>> {
+    let worker_lost = FailureCode::WorkerLost
+        .with("the run stopped reporting progress")
+        .to_string();
     let stmt = client
         .prepare_cached(
             "WITH expired AS (
@@ -513,18 +516,18 @@ pub async fn sweep_expired_leases(
                  ORDER BY lease_until LIMIT $2 FOR UPDATE SKIP LOCKED)
              UPDATE syncs s SET
                  status = CASE WHEN s.attempt >= $1 THEN 'failed' ELSE 'queued' END,
-                 error = CASE WHEN s.attempt >= $1 THEN 'worker_lost: the run stopped reporting progress' END,
+                 error = CASE WHEN s.attempt >= $1 THEN $3 END,
                  finished_at = CASE WHEN s.attempt >= $1 THEN now() END,
                  started_at = CASE WHEN s.attempt >= $1 THEN s.started_at END,
                  last_attempt_error = CASE WHEN s.attempt >= $1 THEN s.last_attempt_error
-                     ELSE 'worker_lost: the run stopped reporting progress' END,
+                     ELSE $3 END,
                  lease_until = NULL, not_before = NULL, published_at = now(), updated_at = now()
              FROM expired WHERE s.id = expired.id
              RETURNING s.id, s.repo_id, s.attempt, s.status",
         )
         .await?;
     client
-        .query(&stmt, &[&max_attempts, &limit])
+        .query(&stmt, &[&max_attempts, &limit, &worker_lost])
         .await?
         .iter()
         .map(|r| {

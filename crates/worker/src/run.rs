@@ -11,7 +11,7 @@ use crate::verdict::{HeadUpdate, RetryPolicy, RunOutcome, Verdict, verdict};
 use depot_broker::{BasicAckOptions, BasicNackOptions, BasicRejectOptions, Delivery};
 use depot_contracts::sync_v1::SyncJob;
 use depot_domain::retry::backoff;
-use depot_domain::{Direction, Stats, SyncStatus};
+use depot_domain::{Direction, FailureCode, Stats, SyncStatus};
 use depot_gitsync::{RunSpec, SyncError};
 use depot_store::StoreError;
 use depot_store::syncs::{Claim, Claimed};
@@ -452,7 +452,7 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
     let sync = &claimed.sync;
     let Some(upstream) = claimed.upstream.clone() else {
         return RunOutcome::Failed {
-            error: "upstream_not_configured: the repository's upstream was removed".into(),
+            error: FailureCode::UpstreamNotConfigured.with("the repository's upstream was removed"),
             stats: None,
         };
     };
@@ -464,7 +464,7 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
         Ok(m) => m,
         Err(e) => {
             return RunOutcome::Failed {
-                error: format!("invalid_ref_globs: {e}"),
+                error: FailureCode::InvalidRefGlobs.with(e.to_string()),
                 stats: None,
             };
         }
@@ -486,7 +486,7 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
         let addrs = match upstream::vet(&upstream.url, &policy, &upstream::SystemResolver) {
             Ok(addrs) => addrs,
             // DNS may be down for a moment; a refused URL stays refused.
-            Err(error) if error == upstream::UNRESOLVABLE => return RunOutcome::Retry { error },
+            Err(error) if error.is_transient() => return RunOutcome::Retry { error },
             Err(error) => return RunOutcome::Failed { error, stats: None },
         };
         let net = depot_gitsync::Net {
@@ -539,20 +539,15 @@ async fn execute(ctx: &Ctx, claimed: &Claimed, cancel: Arc<AtomicBool>) -> RunOu
                 }
             }
             Err(SyncError::Cancelled) => RunOutcome::Released,
-            Err(e) if e.is_transient() => RunOutcome::Retry {
-                error: e.to_string(),
-            },
-            Err(e) => RunOutcome::Failed {
-                error: e.to_string(),
-                stats: None,
-            },
+            Err(SyncError::Transient(error)) => RunOutcome::Retry { error },
+            Err(SyncError::Permanent(error)) => RunOutcome::Failed { error, stats: None },
         }
     })
     .await;
     joined.unwrap_or_else(|e| RunOutcome::Retry {
-        error: format!(
-            "internal: sync task ended abnormally ({})",
+        error: FailureCode::Internal.with(format!(
+            "sync task ended abnormally ({})",
             if e.is_panic() { "panic" } else { "cancelled" }
-        ),
+        )),
     })
 }

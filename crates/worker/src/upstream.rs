@@ -14,14 +14,12 @@
 //! contacting anyone.
 
 use depot_domain::policy::{PolicyError, Resolve, UrlPolicy, origin};
+use depot_domain::{Failure, FailureCode};
 use depot_gitsync::Credentials;
 use depot_secrets::{Credential, KeyRing};
 use depot_settings::Upstream as Policy;
 use depot_store::repos::Upstream;
 use std::net::{IpAddr, ToSocketAddrs};
-
-/// The host did not resolve: the only error here worth retrying.
-pub(crate) const UNRESOLVABLE: &str = "upstream_unresolvable";
 
 /// The system's resolver.
 pub(crate) struct SystemResolver;
@@ -34,20 +32,21 @@ impl Resolve for SystemResolver {
 
 /// Check the URL against the policy and return the addresses the run may
 /// connect to. Errors here are permanent (retrying will not make a refused
-/// URL allowed), except [`UNRESOLVABLE`].
+/// URL allowed), except `upstream_unresolvable` (DNS may be down for a
+/// moment).
 pub(crate) fn vet(
     url: &str,
     policy: &Policy,
     resolver: &dyn Resolve,
-) -> Result<Vec<IpAddr>, String> {
+) -> Result<Vec<IpAddr>, Failure> {
     let policy = UrlPolicy {
         allowed_schemes: &policy.allowed_schemes,
         allow_private_networks: policy.allow_private_networks,
     };
     match depot_domain::policy::vet(url, &policy, true, resolver) {
         Ok(vetted) => Ok(vetted.addrs),
-        Err(PolicyError::Unresolvable) => Err(UNRESOLVABLE.to_string()),
-        Err(e) => Err(format!("upstream_refused: {e}")),
+        Err(PolicyError::Unresolvable) => Err(FailureCode::UpstreamUnresolvable.into()),
+        Err(e) => Err(FailureCode::UpstreamRefused.with(e.to_string())),
     }
 }
 
@@ -55,12 +54,12 @@ pub(crate) fn credentials(
     key: &KeyRing,
     upstream: &Upstream,
     repo_id: &str,
-) -> Result<Option<Credentials>, String> {
+) -> Result<Option<Credentials>, Failure> {
     let Some(sealed) = &upstream.credential else {
         return Ok(None);
     };
     let Some(origin) = origin(&upstream.url) else {
-        return Err("upstream_refused: url has no origin to send a credential to".into());
+        return Err(FailureCode::UpstreamRefused.with("url has no origin to send a credential to"));
     };
     if !depot_secrets::is_origin_bound(sealed) {
         tracing::warn!(
@@ -70,7 +69,7 @@ pub(crate) fn credentials(
     }
     let credential = key
         .open_credential(sealed, repo_id, &origin)
-        .map_err(|e| format!("credential_unreadable: {e}"))?;
+        .map_err(|e| FailureCode::CredentialUnreadable.with(e.to_string()))?;
     Ok(Some(match credential {
         Credential::Token {
             token,
@@ -119,6 +118,11 @@ mod tests {
         assert_eq!(dns.0.load(Ordering::SeqCst), 1);
         // The next run asks again, and the rebound answer is refused.
         let again = vet("https://git.example.com/o/r.git", &policy(), &dns);
-        assert!(again.unwrap_err().starts_with("upstream_refused"));
+        assert!(
+            again
+                .unwrap_err()
+                .to_string()
+                .starts_with("upstream_refused")
+        );
     }
 }

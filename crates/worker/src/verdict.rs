@@ -10,8 +10,8 @@
 //! - a release (shutdown, lost lease) never uses up an attempt and never
 //!   records an error: the sync goes back to `queued` as it was.
 
-use depot_domain::Stats;
 use depot_domain::retry::backoff;
+use depot_domain::{Failure, Stats};
 use std::time::Duration;
 
 /// Whether a completed run moves the repository's recorded head.
@@ -32,11 +32,11 @@ pub(crate) enum RunOutcome {
         head: HeadUpdate,
     },
     Failed {
-        error: String,
+        error: Failure,
         stats: Option<Stats>,
     },
     Retry {
-        error: String,
+        error: Failure,
     },
     /// Shutdown or lost lease, the git thread stopped: give the sync back
     /// without judging it.
@@ -49,7 +49,7 @@ pub(crate) enum RunOutcome {
     Abandoned,
 }
 
-/// What becomes of the sync.
+/// What becomes of the sync; an error is the text the sync records.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Verdict {
     Complete {
@@ -133,13 +133,16 @@ pub(crate) fn verdict(
 ) -> Verdict {
     match outcome {
         RunOutcome::Completed { stats, head } => Verdict::Complete { stats, head },
-        RunOutcome::Failed { error, stats } => Verdict::Fail { error, stats },
+        RunOutcome::Failed { error, stats } => Verdict::Fail {
+            error: error.to_string(),
+            stats,
+        },
         RunOutcome::Retry { error } if attempt >= policy.max_attempts => Verdict::Fail {
             error: format!("{error} (gave up after {attempt} attempts)"),
             stats: None,
         },
         RunOutcome::Retry { error } => Verdict::Retry {
-            error,
+            error: error.to_string(),
             delay: backoff(
                 policy.retry_base_ms,
                 policy.retry_max_ms,
@@ -159,6 +162,7 @@ pub(crate) fn verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use depot_domain::FailureCode;
 
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 3,
@@ -170,7 +174,7 @@ mod tests {
     fn retry(attempt: i32) -> Verdict {
         verdict(
             RunOutcome::Retry {
-                error: "timeout".into(),
+                error: FailureCode::Timeout.into(),
             },
             attempt,
             &POLICY,
@@ -237,7 +241,7 @@ mod tests {
     fn a_permanent_failure_fails_on_any_attempt() {
         let v = verdict(
             RunOutcome::Failed {
-                error: "authentication_failed".into(),
+                error: FailureCode::AuthenticationFailed.into(),
                 stats: None,
             },
             1,

@@ -41,7 +41,8 @@ use ureq::unversioned::transport::{
 use ureq::{Body, BodyReader, SendBody};
 
 use super::{Net, Origin, RunCtx, Transfer, USER_AGENT};
-use crate::error::{SyncError, TIMEOUT, from_http_status};
+use crate::error::{SyncError, from_http_status};
+use depot_domain::FailureCode;
 
 /// Smallest request body write handed to the HTTP client (except the last).
 pub(crate) const CHUNK: usize = 256 * 1024;
@@ -56,7 +57,7 @@ pub(super) fn agent(net: &Net, origin: &Origin) -> Result<ureq::Agent, SyncError
     let roots = match &net.ca_file {
         None => RootCerts::PlatformVerifier,
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|_| SyncError::permanent("ca_file_invalid"))?;
+            let pem = std::fs::read(path).map_err(|_| SyncError::of(FailureCode::CaFileInvalid))?;
             let certs: Vec<_> = ureq::tls::parse_pem(&pem)
                 .filter_map(|item| match item {
                     Ok(PemItem::Certificate(c)) => Some(c),
@@ -64,7 +65,7 @@ pub(super) fn agent(net: &Net, origin: &Origin) -> Result<ureq::Agent, SyncError
                 })
                 .collect();
             if certs.is_empty() {
-                return Err(SyncError::permanent("ca_file_invalid"));
+                return Err(SyncError::of(FailureCode::CaFileInvalid));
             }
             RootCerts::Specific(Arc::new(certs))
         }
@@ -108,7 +109,7 @@ pub(super) fn agent(net: &Net, origin: &Origin) -> Result<ureq::Agent, SyncError
 
 /// `http://[user:password@]host:port` only.
 fn proxy(raw: &str) -> Result<ProxyAt, SyncError> {
-    let invalid = || SyncError::permanent("proxy_invalid");
+    let invalid = || SyncError::of(FailureCode::ProxyInvalid);
     let url = url::Url::parse(raw).map_err(|_| invalid())?;
     if url.scheme() != "http" {
         return Err(invalid());
@@ -329,7 +330,7 @@ impl SmartSubtransport for Subtransport {
             .and_then(|u| Origin::of(&u))
             .is_some_and(|o| o == self.ctx.origin);
         if !same_origin {
-            let e = self.ctx.fail(SyncError::permanent("upstream_refused"));
+            let e = self.ctx.fail(SyncError::of(FailureCode::UpstreamRefused));
             return Err(git2::Error::new(
                 ErrorCode::GenericError,
                 ErrorClass::Net,
@@ -401,7 +402,7 @@ impl Read for Stream {
                     received,
                 } => {
                     if self.ctx.remaining().is_none() {
-                        return Err(self.ctx.fail(SyncError::transient(TIMEOUT)));
+                        return Err(self.ctx.fail(SyncError::of(FailureCode::Timeout)));
                     }
                     let n = reader.read(out).map_err(|e| self.ctx.fail(io_error(&e)))?;
                     let received = received + n as u64;
@@ -410,18 +411,24 @@ impl Read for Stream {
                         .bytes_in
                         .fetch_add(n as u64, Ordering::Relaxed);
                     let (cap, code) = if self.ex.pack {
-                        (self.ctx.max_pack.unwrap_or(u64::MAX), "pack_too_large")
+                        (
+                            self.ctx.max_pack.unwrap_or(u64::MAX),
+                            FailureCode::PackTooLarge,
+                        )
                     } else {
-                        (self.ctx.max_advertisement, "advertisement_too_large")
+                        (
+                            self.ctx.max_advertisement,
+                            FailureCode::AdvertisementTooLarge,
+                        )
                     };
                     if received > cap {
-                        return Err(self.ctx.fail(SyncError::permanent(code)));
+                        return Err(self.ctx.fail(SyncError::of(code)));
                     }
                     self.state = State::Receiving { reader, received };
                     return Ok(n);
                 }
                 State::Failed => {
-                    return Err(self.ctx.fail(SyncError::transient("network_error")));
+                    return Err(self.ctx.fail(SyncError::of(FailureCode::NetworkError)));
                 }
             }
         }
@@ -454,7 +461,7 @@ impl Write for Stream {
             _ => {
                 return Err(self
                     .ctx
-                    .fail(SyncError::transient("upstream_protocol_error")));
+                    .fail(SyncError::of(FailureCode::UpstreamProtocolError)));
             }
         };
         upload.buf.extend_from_slice(data);
@@ -494,7 +501,7 @@ impl Stream {
         let mut retried = false;
         loop {
             let Some(remaining) = self.ctx.remaining() else {
-                return Err(self.ctx.fail(SyncError::transient(TIMEOUT)));
+                return Err(self.ctx.fail(SyncError::of(FailureCode::Timeout)));
             };
             let mut req = self
                 .ctx
@@ -541,7 +548,7 @@ impl Stream {
                 let answer = post(&ctx, &url, ex, credential, rx);
                 let _ = answer_tx.send(answer);
             })
-            .map_err(|_| self.ctx.fail(SyncError::transient("internal_error")))?;
+            .map_err(|_| self.ctx.fail(SyncError::of(FailureCode::InternalError)))?;
         Ok(Upload {
             chunks: Some(chunks),
             buf: Vec::with_capacity(CHUNK),
@@ -567,7 +574,7 @@ impl Stream {
         match answer {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(self.ctx.fail(e)),
-            Err(_) => Err(self.ctx.fail(SyncError::transient("internal_error"))),
+            Err(_) => Err(self.ctx.fail(SyncError::of(FailureCode::InternalError))),
         }
     }
 
@@ -575,7 +582,7 @@ impl Stream {
         upload.chunks = None;
         match upload.answer.recv() {
             Ok(Err(e)) => self.ctx.fail(e),
-            _ => self.ctx.fail(SyncError::transient("network_error")),
+            _ => self.ctx.fail(SyncError::of(FailureCode::NetworkError)),
         }
     }
 }
@@ -603,7 +610,7 @@ fn post(
     loop {
         let remaining = ctx
             .remaining()
-            .ok_or_else(|| SyncError::transient(TIMEOUT))?;
+            .ok_or_else(|| SyncError::of(FailureCode::Timeout))?;
         let mut req = ctx
             .agent
             .post(url)
@@ -731,7 +738,7 @@ impl Read for ReplayBody<'_> {
 fn check_response(resp: Response<Body>, accept: &str) -> Result<Response<Body>, SyncError> {
     let status = resp.status().as_u16();
     if (300..400).contains(&status) {
-        return Err(SyncError::permanent("redirect_refused"));
+        return Err(SyncError::of(FailureCode::RedirectRefused));
     }
     if !(200..300).contains(&status) {
         return Err(from_http_status(status));
@@ -745,7 +752,7 @@ fn check_response(resp: Response<Body>, accept: &str) -> Result<Response<Body>, 
         .to_ascii_lowercase()
         .starts_with(&accept.to_ascii_lowercase())
     {
-        return Err(SyncError::permanent("invalid_upstream_response"));
+        return Err(SyncError::of(FailureCode::InvalidUpstreamResponse));
     }
     Ok(resp)
 }
@@ -769,34 +776,34 @@ fn io_error(e: &io::Error) -> SyncError {
         return ureq_error(inner);
     }
     match e.kind() {
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => SyncError::transient(TIMEOUT),
-        io::ErrorKind::ConnectionRefused => SyncError::transient("connect_failed"),
-        _ => SyncError::transient("network_error"),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => SyncError::of(FailureCode::Timeout),
+        io::ErrorKind::ConnectionRefused => SyncError::of(FailureCode::ConnectFailed),
+        _ => SyncError::of(FailureCode::NetworkError),
     }
 }
 
 fn ureq_error(e: &ureq::Error) -> SyncError {
     use ureq::Error as E;
     match e {
-        E::Timeout(_) | E::BodyStalled => SyncError::transient(TIMEOUT),
+        E::Timeout(_) | E::BodyStalled => SyncError::of(FailureCode::Timeout),
         E::Io(io) => io_error(io),
-        E::HostNotFound => SyncError::permanent("upstream_refused"),
-        E::ConnectionFailed => SyncError::transient("connect_failed"),
-        E::TooManyRedirects | E::RedirectFailed => SyncError::permanent("redirect_refused"),
+        E::HostNotFound => SyncError::of(FailureCode::UpstreamRefused),
+        E::ConnectionFailed => SyncError::of(FailureCode::ConnectFailed),
+        E::TooManyRedirects | E::RedirectFailed => SyncError::of(FailureCode::RedirectRefused),
         E::NativeTls(t) => {
             let msg = t.to_string().to_ascii_lowercase();
             if msg.contains("certificate") || msg.contains("verify") {
-                SyncError::permanent("certificate_invalid")
+                SyncError::of(FailureCode::CertificateInvalid)
             } else {
-                SyncError::transient("tls_error")
+                SyncError::of(FailureCode::TlsError)
             }
         }
-        E::Tls(_) | E::TlsRequired => SyncError::transient("tls_error"),
-        E::ConnectProxyFailed(_) => SyncError::transient("proxy_failed"),
-        E::InvalidProxyUrl => SyncError::permanent("proxy_invalid"),
-        E::LargeResponseHeader(_, _) => SyncError::permanent("invalid_upstream_response"),
-        E::BadUri(_) => SyncError::permanent("invalid_url"),
-        E::Protocol(_) => SyncError::transient("upstream_protocol_error"),
-        _ => SyncError::transient("network_error"),
+        E::Tls(_) | E::TlsRequired => SyncError::of(FailureCode::TlsError),
+        E::ConnectProxyFailed(_) => SyncError::of(FailureCode::ProxyFailed),
+        E::InvalidProxyUrl => SyncError::of(FailureCode::ProxyInvalid),
+        E::LargeResponseHeader(_, _) => SyncError::of(FailureCode::InvalidUpstreamResponse),
+        E::BadUri(_) => SyncError::of(FailureCode::InvalidUrl),
+        E::Protocol(_) => SyncError::of(FailureCode::UpstreamProtocolError),
+        _ => SyncError::of(FailureCode::NetworkError),
     }
 }

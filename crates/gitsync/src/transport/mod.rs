@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::SyncError;
 use crate::{Credentials, RunSpec};
+use depot_domain::{Failure, FailureCode};
 
 pub use register::install;
 
@@ -60,33 +61,11 @@ pub const USER_AGENT: &str = concat!("git/2.0 (depot-sync/", env!("CARGO_PKG_VER
 /// Prefix of the I/O error messages libgit2 receives from the transport.
 pub(crate) const ERROR_PREFIX: &str = "depot-transport: ";
 
-/// Codes the transport reports that are not worth retrying.
-const PERMANENT: &[&str] = &[
-    "advertisement_too_large",
-    "pack_too_large",
-    "redirect_refused",
-    "authentication_failed",
-    "certificate_invalid",
-    "invalid_upstream_response",
-    "upstream_not_found",
-    "upstream_refused",
-    "transport_unscoped",
-    "transport_unavailable",
-    "invalid_url",
-    "proxy_invalid",
-    "ca_file_invalid",
-];
-
-/// A code from the transport as the run's error.
+/// A code from the transport as the run's error: transient or permanent as
+/// the code says. The transport reports only codes of ours; should another
+/// text ever arrive here it counts as a transient `internal_error`.
 pub(crate) fn code_error(code: &str) -> SyncError {
-    let permanent = PERMANENT.contains(&code)
-        || code.starts_with("upstream_error:")
-        || code.starts_with("proxy_error:");
-    if permanent {
-        SyncError::Permanent(code.to_owned())
-    } else {
-        SyncError::Transient(code.to_owned())
-    }
+    SyncError::of(Failure::parse(code).unwrap_or_else(|| FailureCode::InternalError.into()))
 }
 
 /// What a run's network traffic may do, besides the deadline and the pack
@@ -202,8 +181,8 @@ pub(crate) struct RunCtx {
 
 impl RunCtx {
     fn new(spec: &RunSpec<'_>) -> Result<RunCtx, SyncError> {
-        let url = url::Url::parse(spec.url).map_err(|_| SyncError::permanent("invalid_url"))?;
-        let origin = Origin::of(&url).ok_or_else(|| SyncError::permanent("invalid_url"))?;
+        let url = url::Url::parse(spec.url).map_err(|_| SyncError::of(FailureCode::InvalidUrl))?;
+        let origin = Origin::of(&url).ok_or_else(|| SyncError::of(FailureCode::InvalidUrl))?;
         let agent = http::agent(spec.net, &origin)?;
         Ok(RunCtx {
             origin,
@@ -270,7 +249,7 @@ impl Scope {
         register::install();
         if !register::installed() {
             // libgit2's own transport would serve the run: refuse instead.
-            return Err(SyncError::permanent("transport_unavailable"));
+            return Err(SyncError::of(FailureCode::TransportUnavailable));
         }
         let ctx = Arc::new(RunCtx::new(spec)?);
         let previous = CURRENT.with(|c| c.replace(Some(Arc::clone(&ctx))));
@@ -308,15 +287,15 @@ mod tests {
     fn codes_keep_their_class() {
         assert_eq!(
             code_error("advertisement_too_large"),
-            SyncError::Permanent("advertisement_too_large".into())
+            SyncError::Permanent(FailureCode::AdvertisementTooLarge.into())
         );
         assert_eq!(
             code_error("timeout"),
-            SyncError::Transient("timeout".into())
+            SyncError::Transient(FailureCode::Timeout.into())
         );
         assert_eq!(
             code_error("upstream_error: http 418"),
-            SyncError::Permanent("upstream_error: http 418".into())
+            SyncError::Permanent(FailureCode::UpstreamError.with("http 418"))
         );
     }
 }
