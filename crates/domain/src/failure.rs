@@ -288,6 +288,22 @@ mod tests {
     }
 
     #[test]
+    fn docs_sync_semantics_md_lists_every_code() {
+        let doc = include_str!("../../../docs/sync-semantics.md");
+        let errors = doc
+            .split_once("## Errors")
+            .and_then(|(_, rest)| rest.split_once("### Between attempts"))
+            .map(|(section, _)| section)
+            .unwrap_or_default();
+        for code in FailureCode::ALL {
+            assert!(
+                errors.contains(&format!("`{code}")),
+                "{code} is missing from docs/sync-semantics.md"
+            );
+        }
+    }
+
+    #[test]
     fn transience_follows_the_documented_kinds() {
         assert!(FailureCode::UpstreamUnavailable.is_transient());
         assert!(FailureCode::UpstreamUnresolvable.is_transient());
