@@ -8,7 +8,13 @@ use depot_settings::Upstream;
 use std::time::Duration;
 
 pub async fn check_upstream_url(raw: &str, policy: &Upstream) -> Result<String, ApiError> {
-    let refuse = |e: PolicyError| ApiError::invalid("upstream.url", e.to_string());
+    check_url(raw, policy, "upstream.url").await
+}
+
+/// The policy for a URL given as request field `field` (an upstream's, a
+/// webhook target's).
+pub async fn check_url(raw: &str, policy: &Upstream, field: &str) -> Result<String, ApiError> {
+    let refuse = |e: PolicyError| ApiError::invalid(field, e.to_string());
     let url = check_syntax(raw, &policy.allowed_schemes).map_err(refuse)?;
     if !policy.allow_private_networks {
         let addrs = match target(&url) {
