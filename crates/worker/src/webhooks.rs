@@ -262,21 +262,10 @@ async fn deliver(
 }
 
 /// One attempt: the status code the receiver answered, or why there was
-/// none (refused by the policy, unreachable, timed out).
+/// none (refused by the policy, unreachable, timed out). The policy comes
+/// first: a refused URL is never connected to, whatever else is wrong.
 async fn attempt(ctx: &Ctx, claimed: &Claimed) -> Result<i32, String> {
     let settings = &ctx.settings.webhooks;
-    let secret = match ctx.credential_key.open_credential(
-        &claimed.sealed_secret,
-        &claimed.target_id,
-        depot_store::webhooks::SECRET_ORIGIN,
-    ) {
-        Ok(Credential::Token { token, .. }) => token,
-        Ok(_) => return Err("secret_unreadable: not a webhook secret".into()),
-        Err(e) => return Err(format!("secret_unreadable: {e}")),
-    };
-    let body = depot_store::webhooks::envelope(&claimed.event, &settings.repo_url_base)
-        .map_err(|e| format!("event_unreadable: {e}"))?
-        .to_string();
     let url = claimed.url.clone();
     let policy = ctx.settings.upstream.clone();
     let vetted = tokio::task::spawn_blocking(move || {
@@ -291,6 +280,18 @@ async fn attempt(ctx: &Ctx, claimed: &Claimed) -> Result<i32, String> {
     let Some(ip) = vetted.first() else {
         return Err("url_unresolvable".into());
     };
+    let secret = match ctx.credential_key.open_credential(
+        &claimed.sealed_secret,
+        &claimed.target_id,
+        depot_store::webhooks::SECRET_ORIGIN,
+    ) {
+        Ok(Credential::Token { token, .. }) => token,
+        Ok(_) => return Err("secret_unreadable: not a webhook secret".into()),
+        Err(e) => return Err(format!("secret_unreadable: {e}")),
+    };
+    let body = depot_store::webhooks::envelope(&claimed.event, &settings.repo_url_base)
+        .map_err(|e| format!("event_unreadable: {e}"))?
+        .to_string();
     let timeout = Duration::from_millis(settings.timeout_ms);
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -351,6 +352,21 @@ fn without_url(e: &reqwest::Error) -> String {
 struct DeliveryMetrics {
     deliveries: IntCounterVec,
     lag: HistogramVec,
+    oldest_pending: prometheus::Gauge,
+}
+
+/// The age of the oldest pending delivery, read at scrape time (the whole
+/// deployment's: aggregate with `max`).
+pub(crate) async fn refresh_gauges(ctx: &Ctx) {
+    let read = async {
+        let client = ctx.pool.get().await.ok()?;
+        depot_store::webhooks::oldest_pending_age(&client)
+            .await
+            .ok()
+    };
+    if let Ok(Some(age)) = tokio::time::timeout(Duration::from_secs(2), read).await {
+        METRICS.oldest_pending.set(age.unwrap_or(0.0));
+    }
 }
 
 const OUTCOMES: &[&str] = &["succeeded", "retried", "failed"];
@@ -380,7 +396,15 @@ impl DeliveryMetrics {
             &["event_type"],
         )
         .expect("metric");
+        let oldest_pending = prometheus::Gauge::new(
+            "depot_webhook_oldest_pending_seconds",
+            "Age of the oldest pending webhook delivery (0: none)",
+        )
+        .expect("metric");
         let registry = crate::metrics::registry();
+        registry
+            .register(Box::new(oldest_pending.clone()))
+            .expect("register");
         registry
             .register(Box::new(deliveries.clone()))
             .expect("register");
@@ -391,7 +415,11 @@ impl DeliveryMetrics {
         for e in depot_store::webhooks::EVENTS {
             lag.with_label_values(&[e]);
         }
-        DeliveryMetrics { deliveries, lag }
+        DeliveryMetrics {
+            deliveries,
+            lag,
+            oldest_pending,
+        }
     }
 }
 
