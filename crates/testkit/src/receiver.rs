@@ -33,6 +33,7 @@ pub struct WebhookReceiver {
     addr: SocketAddr,
     state: Arc<State>,
     handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl WebhookReceiver {
@@ -42,7 +43,7 @@ impl WebhookReceiver {
         let state = Arc::new(State::default());
         let data = web::Data::from(Arc::clone(&state));
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("webhook-receiver-{}", addr.port()))
             .spawn(move || {
                 actix_web::rt::System::new().block_on(async move {
@@ -77,6 +78,7 @@ impl WebhookReceiver {
             addr,
             state,
             handle,
+            thread: Some(thread),
         })
     }
 
@@ -112,8 +114,14 @@ impl WebhookReceiver {
 
 impl Drop for WebhookReceiver {
     fn drop(&mut self) {
-        // Stop without waiting: held requests are dropped.
-        let _ = self.handle.stop(false);
+        // Release held requests, then stop: `stop` sends the command
+        // eagerly; its future only reports completion, which joining the
+        // thread observes anyway.
+        self.hang(false);
+        drop(self.handle.stop(false));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
