@@ -94,7 +94,7 @@ $$;
 -- `kind = JOB_KIND_WEBHOOK_DELIVERY` (field 5, varint 1) and `delivery_id`
 -- (field 6): tag bytes 0x28 0x01, then 0x32, a one-byte length (ids are
 -- shorter than 128 bytes) and the id. Checked against prost by
--- crates/store/tests (webhook_job_payload_decodes).
+-- tests/e2e/webhooks.rs (delivery_outbox_rows_decode_as_delivery_jobs).
 CREATE OR REPLACE FUNCTION depot_delivery_job(delivery_id text) RETURNS bytea
 LANGUAGE sql IMMUTABLE AS $$
     SELECT '\x2801'::bytea || '\x32'::bytea

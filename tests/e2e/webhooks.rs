@@ -240,6 +240,105 @@ async fn a_receiver_failing_three_times_gets_each_event_once_in_order() {
     assert_eq!(queued["status"], "succeeded", "{queued}");
     assert_eq!(queued["attempts"], 4);
     assert_eq!(queued["last_status_code"], 200);
+    // The worker counted the attempts by outcome.
+    let admin = env.worker_admin_url(0).await.unwrap();
+    let (_, metrics) = env.get_text(&format!("{admin}/metrics")).await.unwrap();
+    let count = |outcome: &str| -> f64 {
+        let prefix = format!("depot_webhook_delivery_attempts_total{{outcome=\"{outcome}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(count("retried"), 3.0, "{metrics}");
+    assert_eq!(count("succeeded"), 3.0, "{metrics}");
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_sends_the_same_event_again() {
+    let env = TestEnv::start(webhook_env(&[])).await.unwrap();
+    let key = env.org_and_key(ORG, "read,write,admin").unwrap();
+    let receiver = WebhookReceiver::start().unwrap();
+    let (target, secret) = create_target(&env, &key, json!({"url": receiver.url()})).await;
+    let (status, _) = env
+        .call(
+            "POST",
+            &format!("/v1/{ORG}/repos"),
+            Some(&key),
+            Some(&json!({"name": "one"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    accepted(&receiver, 1).await;
+    let first = eventually(DELIVERY_LIMIT, "the delivery recorded", || async {
+        let log = deliveries(&env, &key, &target).await;
+        Ok(log.first().filter(|d| d["status"] == "succeeded").cloned())
+    })
+    .await
+    .unwrap();
+    let (status, again) = env
+        .call(
+            "POST",
+            &format!(
+                "/v1/{ORG}/webhook-targets/{target}/deliveries/{}/redeliver",
+                first["id"].as_str().unwrap()
+            ),
+            Some(&key),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{again}");
+    assert_eq!(again["status"], "pending");
+    assert_eq!(again["event_id"], first["event_id"]);
+    assert_ne!(again["id"], first["id"]);
+    let events = verified(&secret, &accepted(&receiver, 2).await).await;
+    assert_eq!(events[0]["id"], events[1]["id"]);
+    assert_eq!(events[0]["id"], first["event_id"]);
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_outbox_rows_decode_as_delivery_jobs() {
+    use depot_contracts::Message as _;
+    use depot_contracts::sync_v1::{JobKind, SyncJob};
+    let env = TestEnv::start(webhook_env(&[])).await.unwrap();
+    let key = env.org_and_key(ORG, "read,write,admin").unwrap();
+    // A target nobody answers for: only the rows matter here.
+    create_target(&env, &key, json!({"url": "http://127.0.0.1:9/none"})).await;
+    let (status, _) = env
+        .call(
+            "POST",
+            &format!("/v1/{ORG}/repos"),
+            Some(&key),
+            Some(&json!({"name": "one"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let db = env.db().await.unwrap();
+    let rows = db
+        .query(
+            "SELECT o.kind, o.delivery_id, o.payload, o.sync_id FROM outbox o
+             WHERE o.delivery_id IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let kind: String = rows[0].get(0);
+    let delivery_id: String = rows[0].get(1);
+    let payload: Vec<u8> = rows[0].get(2);
+    let sync_id: Option<String> = rows[0].get(3);
+    assert_eq!(kind, "webhook_delivery");
+    assert_eq!(sync_id, None);
+    let job = SyncJob::decode(payload.as_slice()).unwrap();
+    assert_eq!(job.kind(), JobKind::WebhookDelivery);
+    assert_eq!(job.delivery_id, delivery_id);
+    assert!(job.sync_id.is_empty());
     env.cleanup().await.unwrap();
 }
 
