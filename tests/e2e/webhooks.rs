@@ -257,6 +257,57 @@ async fn a_receiver_failing_three_times_gets_each_event_once_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_out_of_attempts_is_failed_and_the_next_event_goes_on() {
+    let env = TestEnv::start(webhook_env(&[("DEPOT__WEBHOOKS__MAX_ATTEMPTS", "2")]))
+        .await
+        .unwrap();
+    let key = env.org_and_key(ORG, "read,write,admin").unwrap();
+    let receiver = WebhookReceiver::start().unwrap();
+    receiver.script(&[500, 502]);
+    let (target, secret) = create_target(&env, &key, json!({"url": receiver.url()})).await;
+    let (status, _) = env
+        .call(
+            "POST",
+            &format!("/v1/{ORG}/repos"),
+            Some(&key),
+            Some(&json!({"name": "one"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let (status, _) = env
+        .call(
+            "PATCH",
+            &format!("/v1/{ORG}/one"),
+            Some(&key),
+            Some(&json!({"tags": {"k": "v"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let events = verified(&secret, &accepted(&receiver, 1).await).await;
+    assert_eq!(types(&events), ["repo.updated"]);
+    let log = deliveries(&env, &key, &target).await;
+    let created = log
+        .iter()
+        .find(|d| d["event_type"] == "repo.created")
+        .unwrap();
+    assert_eq!(created["status"], "failed", "{created}");
+    assert_eq!(created["attempts"], 2);
+    assert_eq!(created["last_status_code"], 502);
+    assert_eq!(created["next_attempt_at"], Value::Null);
+    // Both refusals were of repo.created: repo.updated waited for it.
+    let all = receiver.received();
+    assert_eq!(all.len(), 3);
+    let sent = verified(&secret, &all).await;
+    assert_eq!(
+        types(&sent),
+        ["repo.created", "repo.created", "repo.updated"]
+    );
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivery_sends_the_same_event_again() {
     let env = TestEnv::start(webhook_env(&[])).await.unwrap();
     let key = env.org_and_key(ORG, "read,write,admin").unwrap();
