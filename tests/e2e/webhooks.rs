@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use depot_e2e::api::assert_error;
 use depot_e2e::python::run_script;
 use depot_e2e::worker::{ORG, SYNC_LIMIT, create_repo, post_sync, sync_and_wait};
 use depot_e2e::{EnvOptions, TestEnv, Upstream, eventually};
@@ -13,6 +14,8 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 const DELIVERY_LIMIT: Duration = Duration::from_secs(60);
+/// How many events this service emits (all of them, when `events` is omitted).
+const SUPPORTED_EVENTS: usize = 7;
 
 /// Short retries, so tests see several attempts in seconds.
 fn webhook_env(extra: &[(&str, &str)]) -> EnvOptions {
@@ -35,15 +38,15 @@ fn webhook_env(extra: &[(&str, &str)]) -> EnvOptions {
 
 /// Create a target; returns `(id, secret)`.
 async fn create_target(env: &TestEnv, key: &str, body: Value) -> (String, String) {
+    // `api`: the answer is checked against proto-schemas/openapi.yaml.
     let (status, t) = env
-        .call(
+        .api(
             "POST",
             &format!("/v1/{ORG}/webhook-targets"),
             Some(key),
             Some(&body),
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(status, 201, "{t}");
     (
         t["id"].as_str().unwrap().to_string(),
@@ -111,14 +114,13 @@ fn of_sync<'a>(events: &'a [Value], sync_id: &str) -> Vec<&'a Value> {
 
 async fn deliveries(env: &TestEnv, key: &str, target: &str) -> Vec<Value> {
     let (status, body) = env
-        .call(
+        .api(
             "GET",
             &format!("/v1/{ORG}/webhook-targets/{target}/deliveries?limit=100"),
             Some(key),
             None,
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(status, 200, "{body}");
     body["deliveries"].as_array().unwrap().clone()
 }
@@ -684,5 +686,81 @@ async fn mesas_generated_client_drives_the_five_target_operations() {
     assert_eq!(result["other_org"], 404);
     assert_eq!(result["deleted"], true);
     assert_eq!(result["after_delete"], 404);
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_requests_are_validated_field_by_field_and_need_admin() {
+    let env = TestEnv::start(webhook_env(&[])).await.unwrap();
+    let key = env.org_and_key(ORG, "read,write,admin").unwrap();
+    let writer = env.org_and_key(ORG, "read,write").unwrap();
+    let path = format!("/v1/{ORG}/webhook-targets");
+    let post = |body: Value| {
+        let (env, path, key) = (&env, path.clone(), key.clone());
+        async move { env.api("POST", &path, Some(&key), Some(&body)).await }
+    };
+    let url = "https://hooks.example.com/x";
+    assert_error(
+        &post(json!({"url": url, "colour": "red"})).await,
+        400,
+        "INVALID_REQUEST",
+        Some("colour"),
+    );
+    assert_error(
+        &post(json!({"name": "x"})).await,
+        400,
+        "INVALID_REQUEST",
+        Some("url"),
+    );
+    let push = post(json!({"url": url, "events": ["sync.failed", "push"]})).await;
+    assert_error(&push, 400, "INVALID_REQUEST", Some("events[1]"));
+    assert!(
+        push.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sync.completed")
+    );
+    assert_error(
+        &post(json!({"url": url, "repo_ids": ["repo_nosuchrepository0000"]})).await,
+        400,
+        "INVALID_REQUEST",
+        Some("repo_ids[0]"),
+    );
+    assert_error(
+        &post(json!({"url": "ftp://hooks.example.com/x"})).await,
+        400,
+        "INVALID_REQUEST",
+        Some("url"),
+    );
+    assert_error(
+        &env.api("POST", &path, Some(&writer), Some(&json!({"url": url})))
+            .await,
+        403,
+        "FORBIDDEN",
+        None,
+    );
+    let created = post(json!({"url": url})).await;
+    assert_eq!(created.0, 201, "{}", created.1);
+    assert_eq!(
+        created.1["events"].as_array().unwrap().len(),
+        SUPPORTED_EVENTS
+    );
+    assert_eq!(created.1["repo_ids"], Value::Null);
+    let id = created.1["id"].as_str().unwrap();
+    let target = format!("{path}/{id}");
+    assert_error(
+        &env.api("PATCH", &target, Some(&key), Some(&json!({"url": null})))
+            .await,
+        400,
+        "INVALID_REQUEST",
+        Some("url"),
+    );
+    let (status, got) = env.api("GET", &target, Some(&key), None).await;
+    assert_eq!(status, 200);
+    assert!(got.get("secret").is_none(), "{got}");
+    let (status, list) = env.api("GET", &path, Some(&key), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["webhook_targets"][0]["id"], id);
+    assert_eq!(list["has_more"], false);
     env.cleanup().await.unwrap();
 }
