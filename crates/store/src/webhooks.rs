@@ -643,3 +643,86 @@ pub async fn target_of(client: &impl GenericClient, delivery_id: &str) -> Result
         .await?
         .map(|r| r.get(0)))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn event(kind: &str, subject: Value, before: Option<Value>) -> Event {
+        Event {
+            id: "evt_1".into(),
+            kind: kind.into(),
+            org_id: "org_1".into(),
+            org_slug: "acme".into(),
+            org_name: "Acme".into(),
+            repo_id: Some("repo_1".into()),
+            repo_name: Some("mirror".into()),
+            subject,
+            before,
+            occurred_at: DateTime::parse_from_rfc3339("2026-12-01T10:00:00.5Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        }
+    }
+
+    /// A sync row as Postgres's `to_jsonb` writes it (timestamps with an
+    /// offset and microseconds, every column).
+    fn sync_row(status: &str) -> Value {
+        json!({
+            "id": "sync_1", "repo_id": "repo_1", "seq": 7, "direction": "pull",
+            "status": status, "attempt": 1, "branches_glob": "*", "tags_glob": "",
+            "stats": null, "error": null,
+            "created_at": "2026-12-01T09:59:59.123456+00:00",
+            "started_at": "2026-12-01T10:00:00.000001+00:00", "finished_at": null,
+            "lease_until": "2026-12-01T10:01:00+00:00", "not_before": null,
+            "published_at": null, "updated_at": "2026-12-01T10:00:00+00:00",
+            "last_attempt_error": null
+        })
+    }
+
+    #[test]
+    fn a_sync_event_renders_mesas_envelope() {
+        let e = envelope(
+            &event("sync.in_progress", sync_row("in_progress"), None),
+            "https://git.example.com/",
+        )
+        .unwrap();
+        assert_eq!(e["id"], "evt_1");
+        assert_eq!(e["type"], "sync.in_progress");
+        assert_eq!(e["occurred_at"], "2026-12-01T10:00:00.500Z");
+        assert_eq!(
+            e["organization"],
+            json!({"id": "org_1", "slug": "acme", "name": "Acme"})
+        );
+        assert_eq!(
+            e["repository"],
+            json!({"id": "repo_1", "name": "mirror", "url": "https://git.example.com/acme/mirror.git"})
+        );
+        let sync = &e["data"]["sync"];
+        assert_eq!(sync["status"], "in_progress");
+        assert_eq!(sync["started_at"], "2026-12-01T10:00:00.000Z");
+        assert_eq!(sync["ref_globs"], json!({"branches": "*", "tags": ""}));
+        assert!(sync.get("lease_until").is_none());
+    }
+
+    #[test]
+    fn a_repo_update_carries_before_and_after() {
+        let row = |name: &str| {
+            json!({"id": "repo_1", "org_id": "org_1", "seq": 1, "name": name,
+                   "default_bookmark": "main", "head_commit": null, "tags": {"k": "v"},
+                   "created_at": "2026-12-01T09:00:00+00:00"})
+        };
+        let e = envelope(
+            &event("repo.updated", row("new"), Some(row("old"))),
+            "http://h",
+        )
+        .unwrap();
+        assert_eq!(e["data"]["before"]["name"], "old");
+        assert_eq!(e["data"]["after"]["name"], "new");
+        assert_eq!(e["data"]["repo"]["name"], "new");
+        assert!(e["data"]["repo"]["head_change_id"].is_string());
+        assert!(envelope(&event("repo.updated", row("new"), None), "http://h").is_err());
+    }
+}
