@@ -3,10 +3,16 @@
 //! Topology, every name prefixed by `amqp.namespace` (`ns`):
 //! - `ns.sync` direct exchange → `ns.sync.jobs` quorum queue (routing key
 //!   `job`), with a delivery limit and `ns.sync.dlx` as dead-letter exchange;
+//! - `ns.sync` → `ns.webhook.deliveries` quorum queue (routing key
+//!   `webhook`): webhook delivery jobs, consumed apart from sync jobs so a
+//!   slow receiver never holds up a sync (same limit and dead-lettering);
 //! - `ns.sync.dlx` → `ns.sync.dead`: poison messages end here, never loop;
 //! - `ns.sync.delay.<ms>`: one classic queue per retry delay, TTL `<ms>`,
 //!   dead-lettering back into `ns.sync`; unused ones expire by themselves.
 //!   One queue per delay avoids the head-of-line blocking of per-message TTLs.
+//!
+//! The job's `kind` (proto `JobKind`) picks the routing key: one publish
+//! path for every kind of job.
 //!
 //! Messages only say "look at sync X now": Postgres holds the truth, so a
 //! message may be lost, duplicated or late without harm beyond latency.
@@ -17,7 +23,7 @@ use depot_contracts::Message as _;
 mod supervisor;
 pub use supervisor::BrokerHandle;
 
-use depot_contracts::sync_v1::SyncJob;
+use depot_contracts::sync_v1::{JobKind, SyncJob};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -35,6 +41,8 @@ pub use lapin::message::Delivery;
 pub use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 
 pub const ROUTING_KEY: &str = "job";
+/// Routing key of webhook delivery jobs.
+pub const WEBHOOK_ROUTING_KEY: &str = "webhook";
 const DEAD_ROUTING_KEY: &str = "dead";
 /// How long an unused delay queue lives after its TTL (RabbitMQ deletes it).
 const DELAY_QUEUE_IDLE_MS: u64 = 120_000;
@@ -68,6 +76,9 @@ impl Topology {
     }
     pub fn jobs_queue(&self) -> String {
         format!("{}.sync.jobs", self.ns)
+    }
+    pub fn webhook_queue(&self) -> String {
+        format!("{}.webhook.deliveries", self.ns)
     }
     pub fn dead_exchange(&self) -> String {
         format!("{}.sync.dlx", self.ns)
@@ -227,7 +238,7 @@ impl Broker {
         timed(
             "declare jobs queue",
             limit,
-            ch.queue_declare(s(t.jobs_queue()), queue, jobs),
+            ch.queue_declare(s(t.jobs_queue()), queue, jobs.clone()),
         )
         .await?;
         timed(
@@ -237,6 +248,24 @@ impl Broker {
                 s(t.jobs_queue()),
                 s(t.exchange()),
                 s(ROUTING_KEY),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        timed(
+            "declare webhook queue",
+            limit,
+            ch.queue_declare(s(t.webhook_queue()), queue, jobs),
+        )
+        .await?;
+        timed(
+            "bind webhook queue",
+            limit,
+            ch.queue_bind(
+                s(t.webhook_queue()),
+                s(t.exchange()),
+                s(WEBHOOK_ROUTING_KEY),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             ),
@@ -302,7 +331,7 @@ impl Broker {
     /// confirmed it *and* routed it to a queue (mandatory; a returned message
     /// is a failure).
     pub async fn publish(&self, job: &SyncJob) -> Result<(), BrokerError> {
-        self.publish_to(&self.topology.exchange(), ROUTING_KEY, job)
+        self.publish_to(&self.topology.exchange(), routing_key(job), job)
             .await
     }
 
@@ -340,11 +369,16 @@ impl Broker {
                 AMQPValue::LongString(LongString::from(v.as_str())),
             );
         }
+        let message_id = if job.kind() == JobKind::WebhookDelivery {
+            job.delivery_id.as_str()
+        } else {
+            job.sync_id.as_str()
+        };
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(s("application/x-protobuf"))
             .with_type(s("depot.sync.v1.SyncJob"))
-            .with_message_id(s(job.sync_id.as_str()))
+            .with_message_id(s(message_id))
             .with_headers(headers);
         self.publish_payload(exchange, routing_key, &job.encode_to_vec(), props)
             .await
@@ -384,6 +418,26 @@ impl Broker {
         prefetch: u16,
         tag: &str,
     ) -> Result<(Channel, Consumer), BrokerError> {
+        self.consume_queue(&self.topology.jobs_queue(), prefetch, tag)
+            .await
+    }
+
+    /// A consumer on the webhook deliveries queue (see [`Broker::consume`]).
+    pub async fn consume_webhooks(
+        &self,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<(Channel, Consumer), BrokerError> {
+        self.consume_queue(&self.topology.webhook_queue(), prefetch, tag)
+            .await
+    }
+
+    async fn consume_queue(
+        &self,
+        queue: &str,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<(Channel, Consumer), BrokerError> {
         let limit = self.options.timeout;
         let channel = timed("open channel", limit, self.connection.create_channel()).await?;
         timed(
@@ -396,7 +450,7 @@ impl Broker {
             "consume",
             limit,
             channel.basic_consume(
-                s(self.topology.jobs_queue()),
+                s(queue),
                 s(tag),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -432,7 +486,11 @@ impl Broker {
     pub async fn delete_topology(&self) -> Result<(), BrokerError> {
         let limit = self.options.timeout;
         let ch = timed("open channel", limit, self.connection.create_channel()).await?;
-        for q in [self.topology.jobs_queue(), self.topology.dead_queue()] {
+        for q in [
+            self.topology.jobs_queue(),
+            self.topology.webhook_queue(),
+            self.topology.dead_queue(),
+        ] {
             timed(
                 "delete queue",
                 limit,
@@ -477,8 +535,14 @@ pub fn delay_bucket_ms(delay: Duration) -> u64 {
 pub fn decode_job(delivery: &Delivery) -> Result<SyncJob, BrokerError> {
     let mut job = SyncJob::decode(delivery.data.as_slice())
         .map_err(|e| BrokerError::Decode(e.to_string()))?;
-    if job.sync_id.is_empty() {
-        return Err(BrokerError::Decode("empty sync_id".into()));
+    match job.kind() {
+        JobKind::Sync if job.sync_id.is_empty() => {
+            return Err(BrokerError::Decode("empty sync_id".into()));
+        }
+        JobKind::WebhookDelivery if job.delivery_id.is_empty() => {
+            return Err(BrokerError::Decode("empty delivery_id".into()));
+        }
+        _ => {}
     }
     if let Some(headers) = delivery.properties.headers() {
         for (k, v) in headers.inner() {
@@ -507,6 +571,25 @@ pub fn job(
         repo_id: repo_id.to_string(),
         attempt_hint: u32::try_from(attempt).unwrap_or(0),
         trace_context,
+        ..SyncJob::default()
+    }
+}
+
+/// A job for webhook delivery `delivery_id`.
+pub fn delivery_job(delivery_id: &str) -> SyncJob {
+    let mut job = SyncJob {
+        delivery_id: delivery_id.to_string(),
+        ..SyncJob::default()
+    };
+    job.set_kind(JobKind::WebhookDelivery);
+    job
+}
+
+/// Where a job goes: each kind has its own queue.
+fn routing_key(job: &SyncJob) -> &'static str {
+    match job.kind() {
+        JobKind::Sync => ROUTING_KEY,
+        JobKind::WebhookDelivery => WEBHOOK_ROUTING_KEY,
     }
 }
 

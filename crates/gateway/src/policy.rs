@@ -14,7 +14,13 @@ use std::time::Duration;
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn check_upstream_url(raw: &str, policy: &Upstream) -> Result<String, ApiError> {
-    let refuse = |e: PolicyError| ApiError::invalid("upstream.url", e.to_string());
+    check_url(raw, policy, "upstream.url").await
+}
+
+/// The policy for a URL given as request field `field` (an upstream's, a
+/// webhook target's).
+pub async fn check_url(raw: &str, policy: &Upstream, field: &str) -> Result<String, ApiError> {
+    let refuse = |e: PolicyError| ApiError::invalid(field, e.to_string());
     let (raw, allowed_schemes) = (raw.to_owned(), policy.allowed_schemes.clone());
     let allow_private_networks = policy.allow_private_networks;
     // The lookup blocks, as tokio's own `lookup_host` does on a blocking

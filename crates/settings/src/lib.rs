@@ -90,6 +90,16 @@ max_refs = 100000
 max_advertisement_bytes = 67108864
 stall_timeout_seconds = 60
 
+[webhooks]
+repo_url_base = "http://127.0.0.1:8080"
+concurrency = 8
+per_target_concurrency = 2
+timeout_ms = 10000
+max_attempts = 32
+retry_base_ms = 60000
+retry_max_ms = 7200000
+max_response_bytes = 65536
+
 [secrets]
 
 [telemetry]
@@ -141,6 +151,7 @@ pub struct Settings {
     pub housekeeping: Housekeeping,
     pub upstream: Upstream,
     pub secrets: Secrets,
+    pub webhooks: Webhooks,
     pub telemetry: Telemetry,
 }
 
@@ -288,6 +299,46 @@ pub struct Worker {
     pub claim_lock_timeout_ms: u64,
     /// Most lost messages the relay of one worker publishes again per tick.
     pub republish_max_per_tick: u32,
+}
+
+/// Webhook deliveries (docs/operations.md, "Webhook deliveries").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhooks {
+    /// Base of a hosted repository's clone URL in event bodies:
+    /// `<base>/<org slug>/<repo name>.git`.
+    pub repo_url_base: String,
+    /// Deliveries one worker sends at once.
+    pub concurrency: u16,
+    /// Of those, at most this many to one target, so a slow target cannot
+    /// take every slot.
+    pub per_target_concurrency: u16,
+    /// A delivery not answered with a 2xx within this long failed.
+    pub timeout_ms: u64,
+    /// Attempts before a delivery is marked failed.
+    pub max_attempts: u32,
+    /// Exponential backoff between attempts: base and cap (equal jitter).
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Most bytes of a receiver's answer read (the rest is dropped).
+    pub max_response_bytes: usize,
+}
+
+impl Webhooks {
+    /// The shortest time from the first attempt to the last the retry
+    /// schedule allows (every jitter at its minimum, half the delay).
+    pub fn min_retry_span(&self) -> std::time::Duration {
+        (1..self.max_attempts)
+            .map(|retry| {
+                let exp = retry.saturating_sub(1).min(30);
+                let full = self
+                    .retry_base_ms
+                    .saturating_mul(1u64 << exp)
+                    .min(self.retry_max_ms.max(self.retry_base_ms));
+                std::time::Duration::from_millis(full / 2)
+            })
+            .sum()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -532,6 +583,38 @@ impl Settings {
                 ));
             }
         }
+        let w = &self.webhooks;
+        check_url(
+            &Secret::new(w.repo_url_base.clone()),
+            "webhooks.repo_url_base",
+            &["http", "https"],
+        )?;
+        positive(w.concurrency.into(), "webhooks.concurrency")?;
+        positive(
+            w.per_target_concurrency.into(),
+            "webhooks.per_target_concurrency",
+        )?;
+        if w.per_target_concurrency > w.concurrency {
+            return Err(SettingsError::key(
+                "webhooks.per_target_concurrency",
+                "must not be above webhooks.concurrency",
+            ));
+        }
+        if !(100..=60_000).contains(&w.timeout_ms) {
+            return Err(SettingsError::key(
+                "webhooks.timeout_ms",
+                "must be between 100 and 60000",
+            ));
+        }
+        positive(w.max_attempts.into(), "webhooks.max_attempts")?;
+        positive(w.retry_base_ms, "webhooks.retry_base_ms")?;
+        if w.retry_max_ms < w.retry_base_ms {
+            return Err(SettingsError::key(
+                "webhooks.retry_max_ms",
+                "must not be below webhooks.retry_base_ms",
+            ));
+        }
+        positive(w.max_response_bytes as u64, "webhooks.max_response_bytes")?;
         if let Some(key) = &self.secrets.credential_key {
             self::credential_key_bytes(key)
                 .map_err(|p| SettingsError::key("secrets.credential_key", p))?;
@@ -621,6 +704,31 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn webhook_defaults_retry_for_at_least_a_day() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.webhooks.timeout_ms, 10_000);
+        assert!(s.webhooks.min_retry_span() >= std::time::Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn webhook_settings_are_validated() {
+        for (key, value) in [
+            ("DEPOT__WEBHOOKS__CONCURRENCY", "0"),
+            ("DEPOT__WEBHOOKS__PER_TARGET_CONCURRENCY", "9"),
+            ("DEPOT__WEBHOOKS__TIMEOUT_MS", "10"),
+            ("DEPOT__WEBHOOKS__RETRY_MAX_MS", "1"),
+            ("DEPOT__WEBHOOKS__REPO_URL_BASE", "ftp://x"),
+        ] {
+            let e = Settings::load_from(None, env(&[(key, value)])).unwrap_err();
+            let name = key
+                .trim_start_matches("DEPOT__")
+                .replace("__", ".")
+                .to_lowercase();
+            assert!(e.to_string().contains(&name), "{key}: {e}");
+        }
     }
 
     #[test]

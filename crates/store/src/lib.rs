@@ -1,5 +1,5 @@
 //! Postgres: the source of truth for orgs, keys, repositories, syncs, the
-//! outbox and idempotency keys.
+//! outbox, idempotency keys and webhooks.
 //!
 //! Every function takes a [`GenericClient`], so a caller's transaction can
 //! span several of them; statements are prepared once per connection
@@ -15,6 +15,7 @@ pub mod outbox;
 pub mod pool;
 pub mod repos;
 pub mod syncs;
+pub mod webhooks;
 
 pub use deadpool_postgres::{GenericClient, Object as PooledClient, Pool, Transaction};
 pub use tokio_postgres::Error as PgError;

@@ -1,5 +1,8 @@
 //! The transactional outbox: a job message written in the same transaction
 //! as its sync, so an accepted sync is never without a message to come.
+//! Rows have a `kind` (migrations/V7): `sync` (the default, written by the
+//! gateway with its sync) or `webhook_delivery` (written by the event
+//! triggers with the delivery); the payload is the protobuf job either way.
 
 use crate::{GenericClient, Result};
 use std::time::Duration;
@@ -15,8 +18,11 @@ pub async fn insert(client: &impl GenericClient, sync_id: &str, payload: &[u8]) 
 pub async fn mark_published(client: &impl GenericClient, id: i64) -> Result<()> {
     let stmt = client
         .prepare_cached(
-            "WITH o AS (UPDATE outbox SET published_at = now() WHERE id = $1 RETURNING sync_id)
-             UPDATE syncs SET published_at = now() FROM o WHERE syncs.id = o.sync_id",
+            "WITH o AS (UPDATE outbox SET published_at = now() WHERE id = $1
+                        RETURNING sync_id, delivery_id),
+                  s AS (UPDATE syncs SET published_at = now() FROM o WHERE syncs.id = o.sync_id)
+             UPDATE webhook_deliveries d SET published_at = now() FROM o
+             WHERE d.id = o.delivery_id",
         )
         .await?;
     client.execute(&stmt, &[&id]).await?;
@@ -26,13 +32,17 @@ pub async fn mark_published(client: &impl GenericClient, id: i64) -> Result<()> 
 #[derive(Debug, Clone)]
 pub struct Pending {
     pub id: i64,
+    /// Empty for a row that is not a sync job.
     pub sync_id: String,
+    /// `sync` or `webhook_delivery`.
+    pub kind: String,
     pub payload: Vec<u8>,
 }
 
-/// Unpublished rows older than `min_age` (younger ones are most likely being
-/// published by the gateway right now), locked for the caller's transaction;
-/// other relays skip them.
+/// Unpublished rows, locked for the caller's transaction; other relays skip
+/// them. Sync rows only when older than `min_age` (younger ones are most
+/// likely being published by the gateway right now); delivery rows have no
+/// other publisher and are taken at once.
 pub async fn lock_pending(
     client: &impl GenericClient,
     min_age: Duration,
@@ -40,8 +50,9 @@ pub async fn lock_pending(
 ) -> Result<Vec<Pending>> {
     let stmt = client
         .prepare_cached(
-            "SELECT id, sync_id, payload FROM outbox
-             WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+            "SELECT id, coalesce(sync_id, '') AS sync_id, kind, payload FROM outbox
+             WHERE published_at IS NULL
+               AND (kind <> 'sync' OR created_at < now() - make_interval(secs => $1))
              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
         .await?;
@@ -52,7 +63,8 @@ pub async fn lock_pending(
         .map(|r| Pending {
             id: r.get(0),
             sync_id: r.get(1),
-            payload: r.get(2),
+            kind: r.get(2),
+            payload: r.get(3),
         })
         .collect())
 }

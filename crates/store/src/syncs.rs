@@ -63,6 +63,41 @@ fn from_row(row: &tokio_postgres::Row) -> Result<SyncRecord> {
     })
 }
 
+/// RFC 3339 UTC with millisecond precision (`2026-11-26T05:31:56.123Z`),
+/// the API's time format.
+pub fn api_time(t: DateTime<Utc>) -> serde_json::Value {
+    serde_json::Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// A sync as Mesa's API defines it, plus two extension fields (Mesa's
+/// clients keep unknown fields: `mesa_rest` in `additional_properties`, the
+/// SDK's webhook models ignore them). `error` and `started_at` stay null on a
+/// queued sync, as Mesa's models require; what a retrying sync waits for is
+/// in `last_attempt_error` and `next_attempt_at` instead. The one shape of
+/// the gateway's answers and of webhook events.
+pub fn api_json(s: &SyncRecord) -> serde_json::Value {
+    let opt_time = |t: Option<DateTime<Utc>>| t.map(api_time).unwrap_or_default();
+    let next_attempt_at = match s.status {
+        SyncStatus::Queued => s.not_before,
+        _ => None,
+    };
+    serde_json::json!({
+        "id": s.id,
+        "repo_id": s.repo_id,
+        "direction": s.direction,
+        "status": s.status,
+        "attempt": s.attempt,
+        "ref_globs": { "branches": s.ref_globs.branches, "tags": s.ref_globs.tags },
+        "stats": s.stats,
+        "error": s.error,
+        "created_at": api_time(s.created_at),
+        "started_at": opt_time(s.started_at),
+        "finished_at": opt_time(s.finished_at),
+        "last_attempt_error": s.last_attempt_error,
+        "next_attempt_at": opt_time(next_attempt_at),
+    })
+}
+
 fn rows(rows: Vec<tokio_postgres::Row>) -> Result<Vec<SyncRecord>> {
     rows.iter().map(from_row).collect()
 }

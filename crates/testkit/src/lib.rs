@@ -9,8 +9,10 @@ pub mod fixture;
 pub mod hostile;
 mod per_repo;
 pub mod proxy;
+mod receiver;
 mod server;
 
 pub use hostile::{ConnectProxy, DroppingFront, Hostile, SeenRequest};
 pub use proxy::TcpProxy;
+pub use receiver::{Received, WebhookReceiver};
 pub use server::{GitHttpServer, GitServerOptions, basic_auth_header};

@@ -1,6 +1,7 @@
 //! `depot-worker`: consumes sync jobs and runs them, and keeps the system
 //! honest in the background (outbox relay, lost-message re-publish, lease
-//! sweeper, storage purge, retention and housekeeping). Scaled independently of the gateway; any number
+//! sweeper, storage purge, retention and housekeeping); sends webhook
+//! deliveries from their own queue. Scaled independently of the gateway; any number
 //! of replicas may run.
 
 mod consumer;
@@ -10,6 +11,7 @@ mod relay;
 mod run;
 mod upstream;
 mod verdict;
+mod webhooks;
 
 use depot_broker::{BrokerHandle, BrokerOptions};
 use depot_secrets::KeyRing;
@@ -75,7 +77,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let admin = tokio::spawn(metrics::serve(ctx.clone(), admin, shutdown.clone()));
     let relay = tokio::spawn(relay::run(ctx.clone(), shutdown.clone()));
     let maintenance = tokio::spawn(maintenance::run(ctx.clone(), shutdown.clone()));
+    let deliveries = tokio::spawn(webhooks::run(ctx.clone(), shutdown.clone()));
     consumer::run(ctx.clone(), shutdown.clone(), grace).await;
+    let _ = deliveries.await;
     relay.abort();
     // Cancelled by `shutdown` already; a pass in progress stops its git
     // command and releases its lease, so wait for it.

@@ -509,6 +509,7 @@ async fn refresh_gauges(ctx: &Ctx) {
     if let Some(n) = backlog {
         m.outbox_backlog.set(n);
     }
+    crate::webhooks::refresh_gauges(ctx).await;
     m.dependency_up
         .with_label_values(&["database"])
         .set(i64::from(backlog.is_some()));

@@ -9,7 +9,10 @@
 //!   `worker.requeue_after_seconds`;
 //! - lease sweeper: return runs whose lease expired (their worker died) to
 //!   `queued`, or `failed` when their attempts are spent;
-//! - purge: remove the git data of deleted repositories.
+//! - purge: remove the git data of deleted repositories;
+//! - webhook deliveries: publish again the pending deliveries that are due
+//!   (a retry whose backoff is over, a lost message, a worker that died
+//!   mid-delivery), see `depot_store::webhooks::take_due`.
 
 use crate::Ctx;
 use crate::metrics::RelaySource;
@@ -26,6 +29,11 @@ const BATCH: i64 = 100;
 /// Outbox rows younger than this are most likely being published by the
 /// gateway that wrote them.
 const OUTBOX_MIN_AGE: Duration = Duration::from_secs(2);
+/// A delivery published this recently is presumably on its way.
+const DELIVERY_SETTLE: Duration = Duration::from_secs(1);
+/// Events whose deliveries are all done are kept this long (the delivery
+/// log, redelivery).
+const EVENT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     let every = Duration::from_millis(ctx.settings.worker.relay_interval_ms.max(50));
@@ -44,12 +52,14 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
 
 async fn tick(ctx: &Ctx, ticks: u64) -> Result<(), StoreError> {
     relay_outbox(ctx).await?;
+    relay_deliveries(ctx).await?;
     sweep(ctx).await?;
     republish_stale(ctx).await?;
     if ticks.is_multiple_of(30) {
         purge_deleted(ctx).await?;
         let client = ctx.pool.get().await?;
         depot_store::outbox::prune(&client, Duration::from_secs(24 * 3600)).await?;
+        depot_store::webhooks::prune(&client, EVENT_RETENTION, BATCH).await?;
     }
     Ok(())
 }
@@ -74,7 +84,11 @@ async fn relay_outbox(ctx: &Ctx) -> Result<(), StoreError> {
             Ok(()) => {
                 crate::metrics::relay_published(RelaySource::Outbox, true);
                 depot_store::outbox::mark_published(&tx, row.id).await?;
-                tracing::info!(sync_id = %row.sync_id, "relay published job");
+                if job.delivery_id.is_empty() {
+                    tracing::info!(sync_id = %row.sync_id, "relay published job");
+                } else {
+                    tracing::debug!(delivery_id = %job.delivery_id, kind = %row.kind, "relay published job");
+                }
             }
             Err(e) => {
                 crate::metrics::relay_published(RelaySource::Outbox, false);
@@ -85,6 +99,25 @@ async fn relay_outbox(ctx: &Ctx) -> Result<(), StoreError> {
         }
     }
     tx.commit().await?;
+    Ok(())
+}
+
+async fn relay_deliveries(ctx: &Ctx) -> Result<(), StoreError> {
+    let Some(broker) = ctx.broker.get() else {
+        return Ok(());
+    };
+    let mut client = ctx.pool.get().await?;
+    let tx = client.transaction().await?;
+    let due = depot_store::webhooks::take_due(&tx, DELIVERY_SETTLE, BATCH).await?;
+    tx.commit().await?;
+    for id in due {
+        if let Err(e) = broker.publish(&depot_broker::delivery_job(&id)).await {
+            // Still pending and due: the next pass tries again.
+            tracing::warn!(delivery_id = %id, error = %e, "delivery re-publish failed");
+            ctx.broker.report_broken();
+            return Ok(());
+        }
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@ pub mod openapi;
 pub mod orgs;
 pub mod repos;
 pub mod syncs;
+pub mod webhooks;
 
 use crate::error::{ApiError, ErrorCode};
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
@@ -42,6 +43,26 @@ pub fn configure(cfg: &mut web::ServiceConfig, settings: &Settings) {
                 resource("/{org}/{repo}/upstream/syncs")
                     .route(web::post().to(syncs::create))
                     .route(web::get().to(syncs::list)),
+            )
+            // Before `/{org}/{repo}`, which would match them too.
+            .service(
+                resource("/{org}/webhook-targets/{id}/deliveries/{delivery_id}/redeliver")
+                    .route(web::post().to(webhooks::redeliver)),
+            )
+            .service(
+                resource("/{org}/webhook-targets/{id}/deliveries")
+                    .route(web::get().to(webhooks::deliveries)),
+            )
+            .service(
+                resource("/{org}/webhook-targets/{id}")
+                    .route(web::get().to(webhooks::get))
+                    .route(web::patch().to(webhooks::update))
+                    .route(web::delete().to(webhooks::delete)),
+            )
+            .service(
+                resource("/{org}/webhook-targets")
+                    .route(web::post().to(webhooks::create))
+                    .route(web::get().to(webhooks::list)),
             )
             .service(
                 resource("/{org}/repos")

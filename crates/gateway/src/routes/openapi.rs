@@ -46,15 +46,22 @@ mod tests {
             ids,
             [
                 "createRepo",
+                "createWebhookTarget",
                 "deleteRepo",
+                "deleteWebhookTarget",
                 "getOpenApi",
                 "getOrg",
                 "getRepo",
                 "getUpstreamSync",
+                "getWebhookTarget",
                 "listRepos",
                 "listUpstreamSyncs",
+                "listWebhookDeliveries",
+                "listWebhookTargets",
+                "redeliverWebhookDelivery",
                 "syncUpstream",
                 "updateRepo",
+                "updateWebhookTarget",
                 "whoami",
             ]
         );

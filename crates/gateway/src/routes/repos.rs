@@ -22,8 +22,9 @@ const MAX_TAG_KEY: usize = 128;
 const MAX_TAG_VALUE: usize = 1024;
 const MAX_SECRET: usize = 4096;
 
-/// Names that would collide with routes (`/v1/{org}/repos`).
-const RESERVED_NAMES: &[&str] = &["repos", ".", ".."];
+/// Names that would collide with routes (`/v1/{org}/repos`,
+/// `/v1/{org}/webhook-targets`).
+const RESERVED_NAMES: &[&str] = &["repos", "webhook-targets", ".", ".."];
 
 /// Could `name` be a repository's name at all?
 pub(crate) fn is_valid_name(name: &str) -> bool {
@@ -40,7 +41,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::invalid(
             "name",
-            "name must be 1-100 characters of [A-Za-z0-9._-] (and not 'repos', '.' or '..')",
+            "name must be 1-100 characters of [A-Za-z0-9._-] (and not 'repos', 'webhook-targets', '.' or '..')",
         ))
     }
 }
