@@ -20,6 +20,7 @@ fn env_opts(extra: &[(&str, &str)]) -> EnvOptions {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         workers: 1,
+        ..EnvOptions::default()
     }
 }
 

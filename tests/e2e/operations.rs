@@ -88,6 +88,7 @@ async fn one_trace_covers_request_and_run_and_is_exported_over_otlp() {
             ("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()),
         ],
         workers: 1,
+        ..EnvOptions::default()
     })
     .await
     .unwrap();
@@ -487,6 +488,7 @@ async fn credentials_never_reach_logs_spans_metrics_or_error_bodies() {
             ("DEPOT__TELEMETRY__FILTER".into(), "debug".into()),
         ],
         workers: 1,
+        ..EnvOptions::default()
     })
     .await
     .unwrap();
@@ -644,6 +646,7 @@ async fn scale_out_two_gateways_three_workers_run_every_sync_exactly_once() {
     let env = TestEnv::start(EnvOptions {
         extra_env: vec![("DEPOT__WORKER__CONCURRENCY".into(), "2".into())],
         workers: 3,
+        ..EnvOptions::default()
     })
     .await
     .unwrap();

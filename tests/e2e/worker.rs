@@ -19,6 +19,7 @@ fn env_opts(extra: &[(&str, &str)], workers: usize) -> EnvOptions {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         workers,
+        ..EnvOptions::default()
     }
 }
 
@@ -754,6 +755,7 @@ async fn an_org_never_runs_more_syncs_at_once_than_its_limit() {
     let env = TestEnv::start(EnvOptions {
         workers: 2,
         extra_env: vec![("DEPOT__WORKER__MAX_RUNS_PER_ORG".into(), "1".into())],
+        ..EnvOptions::default()
     })
     .await
     .unwrap();
