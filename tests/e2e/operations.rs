@@ -809,7 +809,7 @@ fn assert_hardened(what: &str, workload: &Value) {
 }
 
 #[test]
-fn deploy_manifests_declare_what_an_ops_team_needs() {
+fn every_kubernetes_object_is_well_formed() {
     let docs = load_all();
     // Every Kubernetes object is well formed.
     for (file, d) in &docs {
@@ -818,6 +818,11 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
             assert!(d["metadata"]["name"].is_string(), "{}: {d}", file.display());
         }
     }
+}
+
+#[test]
+fn the_kustomize_base_lists_every_manifest_beside_it_and_nothing_missing() {
+    let docs = load_all();
     // The kustomize base lists every manifest file next to it, and each exists.
     let base = deploy_dir().join("k8s/base");
     let kustomization = docs
@@ -845,7 +850,11 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
             );
         }
     }
+}
 
+#[test]
+fn the_gateway_has_probes_a_service_a_cpu_autoscaler_and_time_to_drain() {
+    let docs = load_all();
     // Gateway: Deployment with probes, Service, HPA on CPU, PDB.
     let gateway = k8s(&docs, "Deployment", "depot-gateway");
     let c = container(gateway);
@@ -874,15 +883,19 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
         "{hpa}"
     );
     assert!(hpa["spec"]["minReplicas"].as_u64().unwrap() >= 2);
+}
 
+#[test]
+fn the_worker_has_probes_a_pod_grace_beyond_its_own_and_keda_on_the_jobs_queue() {
+    let docs = load_all();
     // Worker: Deployment with probes on its admin port, a termination grace
     // period longer than its own grace period, KEDA on the jobs queue.
     let worker = k8s(&docs, "Deployment", "depot-worker");
+    let config = k8s(&docs, "ConfigMap", "depot-config");
     let c = container(worker);
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_hardened("worker", worker);
-    let config = k8s(&docs, "ConfigMap", "depot-config");
     let worker_grace: u64 = config["data"]["DEPOT__WORKER__GRACE_SECONDS"]
         .as_str()
         .expect("the ConfigMap sets the worker's grace period")
@@ -915,7 +928,14 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
         format!("{namespace}.sync.jobs").as_str()
     );
     assert!(trigger["authenticationRef"]["name"].is_string());
+}
 
+#[test]
+fn gateway_and_worker_read_one_config_map_and_credentials_only_from_a_secret() {
+    let docs = load_all();
+    let gateway = k8s(&docs, "Deployment", "depot-gateway");
+    let worker = k8s(&docs, "Deployment", "depot-worker");
+    let config = k8s(&docs, "ConfigMap", "depot-config");
     // Both read the same settings; secrets come from a Secret.
     for w in [gateway, worker] {
         let c = container(w);
@@ -948,7 +968,13 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
             .all(|k| !k.contains("URL") && !k.contains("KEY")),
         "credentials belong in the Secret"
     );
+}
 
+#[test]
+fn workers_mount_one_read_write_many_claim_at_the_storage_root() {
+    let docs = load_all();
+    let worker = k8s(&docs, "Deployment", "depot-worker");
+    let config = k8s(&docs, "ConfigMap", "depot-config");
     // Shared repository storage: one ReadWriteMany claim mounted by the
     // workers at storage.root.
     let pvc = k8s(&docs, "PersistentVolumeClaim", "depot-repos");
@@ -973,7 +999,11 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
             .iter()
             .any(|m| m["name"] == repo_volume["name"] && m["mountPath"] == storage_root)
     );
+}
 
+#[test]
+fn both_sides_have_a_disruption_budget() {
+    let docs = load_all();
     // Disruption budgets for both sides.
     for name in ["depot-gateway", "depot-worker"] {
         let pdb = k8s(&docs, "PodDisruptionBudget", name);
@@ -982,7 +1012,11 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
             pdb["spec"]["minAvailable"].is_number() || pdb["spec"]["maxUnavailable"].is_number()
         );
     }
+}
 
+#[test]
+fn migrations_run_as_a_hardened_job() {
+    let docs = load_all();
     // Migrations: a Job running `depot-admin migrate`.
     let migrate = k8s(&docs, "Job", "depot-migrate");
     let c = container(migrate);
@@ -991,7 +1025,11 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
         "{c}"
     );
     assert_hardened("migrate", migrate);
+}
 
+#[test]
+fn compose_runs_the_whole_system_on_one_host() {
+    let docs = load_all();
     // Compose: the whole system on one host.
     let (_, compose) = docs
         .iter()
@@ -1027,7 +1065,10 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
         services["worker"]["stop_grace_period"].is_string(),
         "the worker needs time to finish runs on stop"
     );
+}
 
+#[test]
+fn dockerfiles_are_multi_stage_and_never_run_as_root() {
     // Dockerfiles: multi-stage, non-root runtime.
     for name in ["gateway", "worker"] {
         let path = deploy_dir().join(format!("docker/{name}.Dockerfile"));
