@@ -236,8 +236,9 @@ async fn one_trace_covers_request_and_run_and_is_exported_over_otlp() {
     env.cleanup().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_and_probes_on_the_gateway_and_the_worker_admin_port() {
+/// A completed pull of `measured` (a branch and a tag) through the real
+/// binaries: what the metrics tests count.
+async fn measured_env() -> (Upstream, TestEnv, String, Value) {
     let upstream = Upstream::start("measured").unwrap();
     let main = upstream.work.commit("main", "first").unwrap();
     upstream.work.tag("v1", &main, false).unwrap();
@@ -252,12 +253,17 @@ async fn metrics_and_probes_on_the_gateway_and_the_worker_admin_port() {
     )
     .await;
     let sync = post_sync(&env, &key, "mirror", "pull").await;
-    let sync_id = sync["id"].as_str().unwrap();
-    let done = env
-        .wait_for_sync(&key, "acme", "mirror", sync_id, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(done["status"], "completed", "{done}");
+    (upstream, env, key, sync)
+}
+
+/// The real gateway and one worker, nothing recorded yet: the probes.
+async fn probed_env() -> TestEnv {
+    TestEnv::start(EnvOptions::default()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_counts_requests_by_route_template_and_status_with_latencies() {
+    let (_upstream, env, key, _) = measured_env().await;
     let (status, _) = env
         .call("GET", "/v1/acme/nope", Some(&key), None)
         .await
@@ -294,6 +300,18 @@ async fn metrics_and_probes_on_the_gateway_and_the_worker_admin_port() {
     );
     assert!(!text.contains("acme") && !text.contains("mirror"), "{text}");
 
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_counts_syncs_ref_outcomes_attempts_lag_backlog_and_traffic() {
+    let (_upstream, env, key, sync) = measured_env().await;
+    let sync_id = sync["id"].as_str().unwrap();
+    let done = env
+        .wait_for_sync(&key, "acme", "mirror", sync_id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
     // Worker: syncs, per-ref outcomes, durations, attempts, queue lag,
     // backlog gauges.
     let admin = env.worker_admin_url(0).await.unwrap();
@@ -362,6 +380,13 @@ async fn metrics_and_probes_on_the_gateway_and_the_worker_admin_port() {
         assert_eq!(sample(&text, &per_run), Some(1.0), "{per_run}");
     }
 
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_probes_answer_on_the_gateway_and_the_worker_admin_port() {
+    let env = probed_env().await;
+    let admin = env.worker_admin_url(0).await.unwrap();
     // Probes.
     for url in [
         env.url("/healthz"),
@@ -375,6 +400,12 @@ async fn metrics_and_probes_on_the_gateway_and_the_worker_admin_port() {
     let (status, _) = env.get_text(&format!("{admin}/nope")).await.unwrap();
     assert_eq!(status, 404);
 
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_without_its_broker_is_alive_but_not_ready() {
+    let env = probed_env().await;
     // A gateway whose broker is unreachable is alive but not ready.
     let mut lonely = env
         .start_extra_gateway(
@@ -396,6 +427,12 @@ async fn metrics_and_probes_on_the_gateway_and_the_worker_admin_port() {
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["checks"], json!({"database": true, "broker": false}));
     lonely.proc.kill9();
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_its_broker_is_alive_but_not_ready() {
+    let env = probed_env().await;
     let mut lonely_worker = env
         .start_extra_worker(
             "worker-no-broker",
@@ -417,6 +454,13 @@ async fn metrics_and_probes_on_the_gateway_and_the_worker_admin_port() {
     assert_eq!(body["checks"], json!({"database": true, "broker": false}));
     lonely_worker.kill9();
 
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_postgres_gateway_and_worker_are_alive_but_not_ready() {
+    let env = probed_env().await;
+    let admin = env.worker_admin_url(0).await.unwrap();
     // Without Postgres (this test's database dropped), both are unready but
     // alive.
     let (admin_db, conn) = tokio_postgres::connect(depot_e2e::PG_ADMIN_URL, tokio_postgres::NoTls)
