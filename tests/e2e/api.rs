@@ -32,14 +32,6 @@ async fn env_without_worker() -> TestEnv {
     .unwrap()
 }
 
-async fn create_repo(env: &TestEnv, key: &str, body: Value) -> Value {
-    let (status, repo) = env
-        .api("POST", "/v1/acme/repos", Some(key), Some(&body))
-        .await;
-    assert_eq!(status, 201, "{repo}");
-    repo
-}
-
 fn upstream() -> Value {
     json!({"url": URL, "auth": {"kind": "username_password", "username": "alice", "password": PASSWORD}})
 }
@@ -61,7 +53,7 @@ async fn repos_and_org_endpoints_have_the_documented_shapes() {
     assert_eq!(org["num_repos"], 0);
 
     // Create: defaults, then every field.
-    let plain = create_repo(&env, &key, json!({})).await;
+    let plain = env.create_repo(&key, "acme", &json!({})).await;
     assert!(plain["id"].as_str().unwrap().starts_with("repo_"));
     assert!(!plain["name"].as_str().unwrap().is_empty());
     assert_eq!(plain["org"], "acme");
@@ -75,12 +67,13 @@ async fn repos_and_org_endpoints_have_the_documented_shapes() {
         "{created_at}"
     );
 
-    let full = create_repo(
-        &env,
-        &key,
-        json!({"name": "mirror", "default_bookmark": "trunk", "tags": {"team": "infra"}, "upstream": upstream()}),
-    )
-    .await;
+    let body = json!({
+        "name": "mirror",
+        "default_bookmark": "trunk",
+        "tags": {"team": "infra"},
+        "upstream": upstream(),
+    });
+    let full = env.create_repo(&key, "acme", &body).await;
     assert_eq!(full["name"], "mirror");
     assert_eq!(full["default_bookmark"], "trunk");
     assert_eq!(full["tags"], json!({"team": "infra"}));
@@ -90,14 +83,19 @@ async fn repos_and_org_endpoints_have_the_documented_shapes() {
     );
     assert!(!full.to_string().contains(PASSWORD));
 
-    let token = create_repo(
-        &env,
-        &key,
-        json!({"name": "tok", "upstream": {"url": URL, "auth": {"kind": "token", "token": "t0k", "token_username": "x-access-token"}}}),
-    )
-    .await;
+    let body = json!({"name": "tok", "upstream": {
+        "url": URL,
+        "auth": {"kind": "token", "token": "t0k", "token_username": "x-access-token"},
+    }});
+    let token = env.create_repo(&key, "acme", &body).await;
     assert_eq!(token["upstream"]["auth_kind"], "token");
-    let public = create_repo(&env, &key, json!({"name": "pub", "upstream": {"url": URL}})).await;
+    let public = env
+        .create_repo(
+            &key,
+            "acme",
+            &json!({"name": "pub", "upstream": {"url": URL}}),
+        )
+        .await;
     assert!(public["upstream"]["auth_kind"].is_null());
 
     // Get, list, org count.
@@ -176,7 +174,8 @@ async fn repos_and_org_endpoints_have_the_documented_shapes() {
 async fn repo_requests_are_validated_field_by_field() {
     let env = api_tier().await;
     let key = env.org_and_key("acme", "write").unwrap();
-    create_repo(&env, &key, json!({"name": "taken"})).await;
+    env.create_repo(&key, "acme", &json!({"name": "taken"}))
+        .await;
 
     // Raw bodies: not JSON, not an object, empty, too large; content type
     // does not matter.
@@ -298,7 +297,8 @@ async fn repo_requests_are_validated_field_by_field() {
         )
         .await;
     assert_error(&r, 409, "REPO_ALREADY_EXISTS", None);
-    create_repo(&env, &key, json!({"name": "other"})).await;
+    env.create_repo(&key, "acme", &json!({"name": "other"}))
+        .await;
     let r = env
         .api(
             "PATCH",
@@ -342,7 +342,7 @@ async fn upstream_url_policy_refuses_schemes_and_private_addresses() {
     .await
     .unwrap();
     let key = env.org_and_key("acme", "write").unwrap();
-    create_repo(&env, &key, json!({"name": "r"})).await;
+    env.create_repo(&key, "acme", &json!({"name": "r"})).await;
     for url in [
         "http://git.example.com/r.git",
         "https://127.0.0.1/r.git",
@@ -378,7 +378,12 @@ async fn scopes_and_orgs_decide_401_403_404() {
     let write = env.org_and_key("acme", "write").unwrap();
     let admin = env.org_and_key("acme", "admin").unwrap();
     let other = env.org_and_key("globex", "admin").unwrap();
-    create_repo(&env, &write, json!({"name": "r", "upstream": {"url": URL}})).await;
+    env.create_repo(
+        &write,
+        "acme",
+        &json!({"name": "r", "upstream": {"url": URL}}),
+    )
+    .await;
     let (status, sync) = env
         .api(
             "POST",
@@ -524,10 +529,10 @@ async fn scopes_and_orgs_decide_401_403_404() {
 async fn patch_upstream_and_auth_are_tri_state() {
     let env = env_without_worker().await;
     let key = env.org_and_key("acme", "write").unwrap();
-    create_repo(
-        &env,
+    env.create_repo(
         &key,
-        json!({"name": "r", "tags": {"a": "1", "b": "2"}, "upstream": upstream()}),
+        "acme",
+        &json!({"name": "r", "tags": {"a": "1", "b": "2"}, "upstream": upstream()}),
     )
     .await;
     async fn credential(env: &TestEnv) -> Option<(String, Option<String>, Option<Vec<u8>>)> {
@@ -865,7 +870,12 @@ async fn pagination_edges() {
             json!({"next_cursor": null, "has_more": false, "repos": []})
         )
     );
-    create_repo(&env, &key, json!({"name": "r", "upstream": {"url": URL}})).await;
+    env.create_repo(
+        &key,
+        "acme",
+        &json!({"name": "r", "upstream": {"url": URL}}),
+    )
+    .await;
     let (status, list) = env
         .api("GET", "/v1/acme/r/upstream/syncs", Some(&key), None)
         .await;
@@ -878,7 +888,8 @@ async fn pagination_edges() {
     );
 
     for i in 0..4 {
-        create_repo(&env, &key, json!({"name": format!("r{i}")})).await;
+        env.create_repo(&key, "acme", &json!({"name": format!("r{i}")}))
+            .await;
     }
     // globex's repos never show in acme's list.
     env.api(
@@ -988,7 +999,12 @@ async fn idempotency_keys_replay_and_refuse_reuse() {
     let env = api_tier().await;
     let key = env.org_and_key("acme", "write").unwrap();
     let other_key = env.org_and_key("globex", "write").unwrap();
-    create_repo(&env, &key, json!({"name": "r", "upstream": {"url": URL}})).await;
+    env.create_repo(
+        &key,
+        "acme",
+        &json!({"name": "r", "upstream": {"url": URL}}),
+    )
+    .await;
     env.api(
         "POST",
         "/v1/globex/repos",
@@ -1162,7 +1178,7 @@ async fn idempotency_keys_replay_and_refuse_reuse() {
 async fn every_error_is_the_envelope_and_accept_is_negotiated() {
     let env = api_tier().await;
     let key = env.org_and_key("acme", "write").unwrap();
-    create_repo(&env, &key, json!({"name": "r"})).await;
+    env.create_repo(&key, "acme", &json!({"name": "r"})).await;
 
     // Unknown routes and methods: 404 in the envelope, inside and outside /v1.
     for (method, path) in [

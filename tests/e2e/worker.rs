@@ -13,14 +13,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 fn env_opts(extra: &[(&str, &str)], workers: usize) -> EnvOptions {
-    EnvOptions {
-        extra_env: extra
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        workers,
-        ..EnvOptions::default()
-    }
+    EnvOptions::with_env(extra, workers)
 }
 
 /// `head_change_id` of a commit: reverse hex over its first 16 bytes.

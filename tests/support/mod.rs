@@ -179,6 +179,18 @@ pub enum Gateway {
 }
 
 impl EnvOptions {
+    /// The real binaries, `workers` workers and these settings on top.
+    pub fn with_env(extra: &[(&str, &str)], workers: usize) -> EnvOptions {
+        EnvOptions {
+            extra_env: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            workers,
+            ..EnvOptions::default()
+        }
+    }
+
     /// No worker and the gateway in-process: the API tier.
     pub fn api_only() -> EnvOptions {
         EnvOptions {
