@@ -1,8 +1,14 @@
 //! Test harness for end-to-end tests: each test gets its own database, its
 //! own broker namespace and storage directory, and runs the real
-//! `depot-gateway`, `depot-worker` and `depot-admin` binaries against them.
+//! `depot-gateway`, `depot-worker` and `depot-admin` binaries against them,
+//! or the gateway in-process ([`Gateway::InProcess`], the API tier).
 //! Binaries come from the workspace's target directory (`make test` builds
 //! them first; so does `cargo build --bins`).
+//!
+//! A test's database is a clone of `depot_tmpl_<hash of migrations/>`, built
+//! once by `depot-admin migrate` and kept between runs: cloning costs a
+//! fraction of migrating, and the hash keeps a tree with other migrations
+//! from ever using it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
