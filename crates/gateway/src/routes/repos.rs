@@ -507,3 +507,106 @@ pub async fn delete(
     tracing::info!(repo_id = %repo.id, "repository deleted");
     Ok(HttpResponse::Ok().json(json!({ "success": true })))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Parse a body as `POST /v1/{org}/repos` does, up to the credential.
+    fn upstream_of(raw: &str) -> Result<UpstreamInput, ApiError> {
+        let body: RepoBody = json::from_object(&json::parse_object(raw.as_bytes())?)?;
+        match body.upstream {
+            Some(Some(Object(u))) => parse_upstream(u),
+            other => panic!("no upstream in {raw}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_auth_refusal_names_its_field() {
+        for (auth, field, message) in [
+            (
+                r#"{"kind": "ssh"}"#,
+                "upstream.auth.kind",
+                "upstream.auth.kind must be 'token' or 'username_password'",
+            ),
+            (
+                r#"{"token": "t"}"#,
+                "upstream.auth.kind",
+                "upstream.auth.kind is required",
+            ),
+            (
+                r#"{"kind": "token"}"#,
+                "upstream.auth.token",
+                "upstream.auth.token is required",
+            ),
+            (
+                r#"{"kind": "token", "token": 5}"#,
+                "upstream.auth.token",
+                "upstream.auth.token must be a string",
+            ),
+            (
+                r#"{"kind": "token", "token": "t", "password": "p"}"#,
+                "upstream.auth.password",
+                r#"unknown field "upstream.auth.password""#,
+            ),
+            (
+                r#"{"kind": "username_password", "username": "u", "token_username": "x"}"#,
+                "upstream.auth.token_username",
+                r#"unknown field "upstream.auth.token_username""#,
+            ),
+            (
+                r#"{"kind": "token", "token": ""}"#,
+                "upstream.auth.token",
+                "upstream.auth.token must be 1-4096 characters",
+            ),
+            (
+                r#"["token", "t"]"#,
+                "upstream.auth",
+                "upstream.auth must be an object",
+            ),
+        ] {
+            let raw = format!(r#"{{"upstream": {{"url": "https://h/r", "auth": {auth}}}}}"#);
+            let Err(e) = upstream_of(&raw) else {
+                panic!("{raw} was accepted");
+            };
+            assert_eq!(
+                (
+                    e.details.unwrap()["field"].as_str().unwrap(),
+                    e.message.as_str()
+                ),
+                (field, message),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn auth_is_tri_state_and_each_kind_yields_its_credential() {
+        let url = r#""url": "https://h/r""#;
+        assert!(
+            upstream_of(&format!("{{\"upstream\": {{{url}}}}}"))
+                .unwrap()
+                .auth
+                .is_none()
+        );
+        let cleared = upstream_of(&format!("{{\"upstream\": {{{url}, \"auth\": null}}}}"));
+        assert!(matches!(cleared.unwrap().auth, Some(None)));
+        let token = upstream_of(&format!(
+            r#"{{"upstream": {{{url}, "auth": {{"kind": "token", "token": "t", "token_username": "x"}}}}}}"#
+        ));
+        assert!(matches!(
+            token.unwrap().auth,
+            Some(Some(Credential::Token { token, token_username: Some(user) }))
+                if token == "t" && user == "x"
+        ));
+        let basic = upstream_of(&format!(
+            r#"{{"upstream": {{{url}, "auth": {{"kind": "username_password", "username": "u", "password": "p"}}}}}}"#
+        ));
+        assert!(matches!(
+            basic.unwrap().auth,
+            Some(Some(Credential::UsernamePassword { username, password }))
+                if username == "u" && password == "p"
+        ));
+    }
+}
