@@ -3,18 +3,19 @@
 #![no_main]
 
 use depot_gateway::json;
+use depot_gateway::routes::repos::RepoBody;
+use depot_gateway::routes::syncs::SyncBody;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    match json::parse_object(data) {
-        Ok(map) => {
-            let _ = json::only_keys(&map, &["direction", "ref_globs"], "");
-            let _ = json::required_string(&map, "direction", "");
-            if let Ok(json::Field::Present(globs)) = json::object(&map, "ref_globs", "") {
-                let _ = json::opt_string(globs, "branches", "ref_globs");
-                let _ = json::opt_string(globs, "tags", "ref_globs");
-            }
-        }
-        Err(e) => assert!(e.details.as_ref().is_some_and(|d| d.contains_key("field"))),
+    let refusals = match json::parse_object(data) {
+        Ok(map) => [
+            json::from_object::<SyncBody>(&map).err(),
+            json::from_object::<RepoBody>(&map).err(),
+        ],
+        Err(e) => [Some(e), None],
+    };
+    for e in refusals.into_iter().flatten() {
+        assert!(e.details.as_ref().is_some_and(|d| d.contains_key("field")));
     }
 });

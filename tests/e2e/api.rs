@@ -1,19 +1,28 @@
-//! The public API contract (API.md) against the real gateway, Postgres and
+//! The public API contract (docs/api.md) against the gateway, Postgres and
 //! RabbitMQ: every endpoint's success shape, every error row, the scope and
 //! cross-org matrix, pagination edges, tri-state PATCH, the 409 rules and
 //! idempotency. Every reply is checked against `proto-schemas/openapi.yaml`
 //! by `TestEnv::api` / `TestEnv::request` (status listed, body validates).
+//! The gateway runs in-process (`EnvOptions::api_only`) except in the tests
+//! that read its log, which run the binary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use depot_e2e::api::{Req, assert_error, contract};
+use depot_e2e::calls::{Direction, Pull, Push};
 use depot_e2e::{EnvOptions, TestEnv};
 use serde_json::{Value, json};
 
 const URL: &str = "https://git.example.com/acme/project.git";
 const PASSWORD: &str = "pw-that-must-never-show-up";
 
-/// No worker: syncs stay `queued`, so the 409 rules and lists are stable.
+/// The gateway in-process and no worker (syncs stay `queued`, so the 409
+/// rules and lists are stable): tests that read no process log.
+async fn api_tier() -> TestEnv {
+    TestEnv::start(EnvOptions::api_only()).await.unwrap()
+}
+
+/// No worker, the real gateway binary: tests that read its log.
 async fn env_without_worker() -> TestEnv {
     TestEnv::start(EnvOptions {
         workers: 0,
@@ -21,14 +30,6 @@ async fn env_without_worker() -> TestEnv {
     })
     .await
     .unwrap()
-}
-
-async fn create_repo(env: &TestEnv, key: &str, body: Value) -> Value {
-    let (status, repo) = env
-        .api("POST", "/v1/acme/repos", Some(key), Some(&body))
-        .await;
-    assert_eq!(status, 201, "{repo}");
-    repo
 }
 
 fn upstream() -> Value {
@@ -52,7 +53,7 @@ async fn repos_and_org_endpoints_have_the_documented_shapes() {
     assert_eq!(org["num_repos"], 0);
 
     // Create: defaults, then every field.
-    let plain = create_repo(&env, &key, json!({})).await;
+    let plain = env.create_repo(&key, "acme", &json!({})).await;
     assert!(plain["id"].as_str().unwrap().starts_with("repo_"));
     assert!(!plain["name"].as_str().unwrap().is_empty());
     assert_eq!(plain["org"], "acme");
@@ -66,12 +67,13 @@ async fn repos_and_org_endpoints_have_the_documented_shapes() {
         "{created_at}"
     );
 
-    let full = create_repo(
-        &env,
-        &key,
-        json!({"name": "mirror", "default_bookmark": "trunk", "tags": {"team": "infra"}, "upstream": upstream()}),
-    )
-    .await;
+    let body = json!({
+        "name": "mirror",
+        "default_bookmark": "trunk",
+        "tags": {"team": "infra"},
+        "upstream": upstream(),
+    });
+    let full = env.create_repo(&key, "acme", &body).await;
     assert_eq!(full["name"], "mirror");
     assert_eq!(full["default_bookmark"], "trunk");
     assert_eq!(full["tags"], json!({"team": "infra"}));
@@ -81,14 +83,19 @@ async fn repos_and_org_endpoints_have_the_documented_shapes() {
     );
     assert!(!full.to_string().contains(PASSWORD));
 
-    let token = create_repo(
-        &env,
-        &key,
-        json!({"name": "tok", "upstream": {"url": URL, "auth": {"kind": "token", "token": "t0k", "token_username": "x-access-token"}}}),
-    )
-    .await;
+    let body = json!({"name": "tok", "upstream": {
+        "url": URL,
+        "auth": {"kind": "token", "token": "t0k", "token_username": "x-access-token"},
+    }});
+    let token = env.create_repo(&key, "acme", &body).await;
     assert_eq!(token["upstream"]["auth_kind"], "token");
-    let public = create_repo(&env, &key, json!({"name": "pub", "upstream": {"url": URL}})).await;
+    let public = env
+        .create_repo(
+            &key,
+            "acme",
+            &json!({"name": "pub", "upstream": {"url": URL}}),
+        )
+        .await;
     assert!(public["upstream"]["auth_kind"].is_null());
 
     // Get, list, org count.
@@ -165,9 +172,10 @@ async fn repos_and_org_endpoints_have_the_documented_shapes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repo_requests_are_validated_field_by_field() {
-    let env = env_without_worker().await;
+    let env = api_tier().await;
     let key = env.org_and_key("acme", "write").unwrap();
-    create_repo(&env, &key, json!({"name": "taken"})).await;
+    env.create_repo(&key, "acme", &json!({"name": "taken"}))
+        .await;
 
     // Raw bodies: not JSON, not an object, empty, too large; content type
     // does not matter.
@@ -289,7 +297,8 @@ async fn repo_requests_are_validated_field_by_field() {
         )
         .await;
     assert_error(&r, 409, "REPO_ALREADY_EXISTS", None);
-    create_repo(&env, &key, json!({"name": "other"})).await;
+    env.create_repo(&key, "acme", &json!({"name": "other"}))
+        .await;
     let r = env
         .api(
             "PATCH",
@@ -328,11 +337,12 @@ async fn upstream_url_policy_refuses_schemes_and_private_addresses() {
                 "false".into(),
             ),
         ],
+        ..EnvOptions::api_only()
     })
     .await
     .unwrap();
     let key = env.org_and_key("acme", "write").unwrap();
-    create_repo(&env, &key, json!({"name": "r"})).await;
+    env.create_repo(&key, "acme", &json!({"name": "r"})).await;
     for url in [
         "http://git.example.com/r.git",
         "https://127.0.0.1/r.git",
@@ -368,7 +378,12 @@ async fn scopes_and_orgs_decide_401_403_404() {
     let write = env.org_and_key("acme", "write").unwrap();
     let admin = env.org_and_key("acme", "admin").unwrap();
     let other = env.org_and_key("globex", "admin").unwrap();
-    create_repo(&env, &write, json!({"name": "r", "upstream": {"url": URL}})).await;
+    env.create_repo(
+        &write,
+        "acme",
+        &json!({"name": "r", "upstream": {"url": URL}}),
+    )
+    .await;
     let (status, sync) = env
         .api(
             "POST",
@@ -514,10 +529,10 @@ async fn scopes_and_orgs_decide_401_403_404() {
 async fn patch_upstream_and_auth_are_tri_state() {
     let env = env_without_worker().await;
     let key = env.org_and_key("acme", "write").unwrap();
-    create_repo(
-        &env,
+    env.create_repo(
         &key,
-        json!({"name": "r", "tags": {"a": "1", "b": "2"}, "upstream": upstream()}),
+        "acme",
+        &json!({"name": "r", "tags": {"a": "1", "b": "2"}, "upstream": upstream()}),
     )
     .await;
     async fn credential(env: &TestEnv) -> Option<(String, Option<String>, Option<Vec<u8>>)> {
@@ -596,43 +611,47 @@ async fn patch_upstream_and_auth_are_tri_state() {
     env.cleanup().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn syncs_post_get_list_and_the_409_rules() {
-    let env = env_without_worker().await;
+/// The API tier, a `write` key of `acme`, its repository `r` with an
+/// upstream and `bare` without one.
+async fn syncs_env() -> (TestEnv, String, Value) {
+    let env = api_tier().await;
     let key = env.org_and_key("acme", "write").unwrap();
-    let repo = create_repo(&env, &key, json!({"name": "r", "upstream": {"url": URL}})).await;
-    create_repo(&env, &key, json!({"name": "bare"})).await;
-
-    // No upstream: 409.
-    let r = env
-        .api(
-            "POST",
-            "/v1/acme/bare/upstream/syncs",
-            Some(&key),
-            Some(&json!({"direction": "pull"})),
+    let repo = env
+        .create_repo(
+            &key,
+            "acme",
+            &json!({"name": "r", "upstream": {"url": URL}}),
         )
         .await;
-    assert_error(&r, 409, "UPSTREAM_NOT_CONFIGURED", None);
-    let r = env
-        .api(
-            "POST",
-            "/v1/acme/ghost/upstream/syncs",
-            Some(&key),
-            Some(&json!({"direction": "pull"})),
-        )
+    env.create_repo(&key, "acme", &json!({"name": "bare"}))
         .await;
-    assert_error(&r, 404, "NOT_FOUND", None);
+    (env, key, repo)
+}
 
-    let post = |body: Value| {
-        let env = &env;
-        let key = key.clone();
-        async move {
-            env.api("POST", "/v1/acme/r/upstream/syncs", Some(&key), Some(&body))
-                .await
-        }
+/// POST that must be a 201; the sync.
+async fn queued(env: &TestEnv, key: &str, direction: Direction, globs: Option<Value>) -> Value {
+    let (status, sync) = match globs {
+        None => env.post_sync(key, "acme/r", direction).await,
+        Some(g) => env.post_sync_globs(key, "acme/r", direction, g).await,
     };
-    let (status, first) = post(json!({"direction": "pull"})).await;
-    assert_eq!(status, 201, "{first}");
+    assert_eq!(status, 201, "{sync}");
+    sync
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_of_a_repo_without_upstream_is_409_and_of_no_repo_404() {
+    let (env, key, _) = syncs_env().await;
+    let r = env.post_sync(&key, "acme/bare", Pull).await;
+    assert_error(&r, 409, "UPSTREAM_NOT_CONFIGURED", None);
+    let r = env.post_sync(&key, "acme/ghost", Pull).await;
+    assert_error(&r, 404, "NOT_FOUND", None);
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posted_sync_is_queued_for_every_ref() {
+    let (env, key, repo) = syncs_env().await;
+    let first = queued(&env, &key, Pull, None).await;
     assert!(first["id"].as_str().unwrap().starts_with("sync_"));
     assert_eq!(first["repo_id"], repo["id"]);
     assert_eq!(first["direction"], "pull");
@@ -642,29 +661,48 @@ async fn syncs_post_get_list_and_the_409_rules() {
     for f in ["stats", "error", "started_at", "finished_at"] {
         assert!(first[f].is_null(), "{f}");
     }
+    env.cleanup().await.unwrap();
+}
 
-    // Same direction and globs while queued: 409 naming it.
-    let r = post(json!({"direction": "pull", "ref_globs": {"branches": "*", "tags": "*"}})).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_queued_sync_is_409_naming_it() {
+    let (env, key, _) = syncs_env().await;
+    let first = queued(&env, &key, Pull, None).await;
+    let r = env
+        .post_sync_globs(&key, "acme/r", Pull, json!({"branches": "*", "tags": "*"}))
+        .await;
     assert_error(&r, 409, "SYNC_ALREADY_QUEUED", None);
     assert_eq!(r.1["error"]["details"]["sync_id"], first["id"]);
-    // Another direction or other globs are new syncs; a missing key is "".
-    let (status, push) = post(json!({"direction": "push"})).await;
-    assert_eq!(status, 201);
-    let (status, main_only) =
-        post(json!({"direction": "pull", "ref_globs": {"branches": "main,release/*"}})).await;
-    assert_eq!(status, 201);
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_direction_or_other_globs_is_a_new_sync_and_a_missing_key_is_empty() {
+    let (env, key, _) = syncs_env().await;
+    queued(&env, &key, Pull, None).await;
+    queued(&env, &key, Push, None).await;
+    let main_only = queued(
+        &env,
+        &key,
+        Pull,
+        Some(json!({"branches": "main,release/*"})),
+    )
+    .await;
     assert_eq!(
         main_only["ref_globs"],
         json!({"branches": "main,release/*", "tags": ""})
     );
-    let (status, tags_only) = post(json!({"direction": "pull", "ref_globs": {"tags": "v*"}})).await;
-    assert_eq!(status, 201);
+    let tags_only = queued(&env, &key, Pull, Some(json!({"tags": "v*"}))).await;
     assert_eq!(
         tags_only["ref_globs"],
         json!({"branches": "", "tags": "v*"})
     );
+    env.cleanup().await.unwrap();
+}
 
-    // Validation, field by field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_requests_are_validated_field_by_field() {
+    let (env, key, _) = syncs_env().await;
     for (body, field) in [
         (json!({}), "direction"),
         (json!({"direction": "sideways"}), "direction"),
@@ -695,7 +733,7 @@ async fn syncs_post_get_list_and_the_409_rules() {
             "ref_globs.branches",
         ),
     ] {
-        let r = post(body).await;
+        let r = env.post_sync_body(&key, "acme/r", &body).await;
         assert_error(&r, 400, "INVALID_REQUEST", Some(field));
     }
     let r = env
@@ -710,58 +748,47 @@ async fn syncs_post_get_list_and_the_409_rules() {
         )
         .await;
     assert_eq!((r.status, r.field()), (400, "body"));
+    env.cleanup().await.unwrap();
+}
 
-    // GET one.
-    let path = format!(
-        "/v1/acme/r/upstream/syncs/{}",
-        first["id"].as_str().unwrap()
-    );
-    let (status, got) = env.api("GET", &path, Some(&key), None).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_is_found_only_under_its_own_repo_and_a_404_says_which_is_missing() {
+    let (env, key, _) = syncs_env().await;
+    let first = queued(&env, &key, Pull, None).await;
+    let id = first["id"].as_str().unwrap();
+    let (status, got) = env.get_sync(&key, "acme/r", id).await;
     assert_eq!((status, &got), (200, &first));
-    for id in ["sync_doesnotexist", "nope", "repo_abc"] {
-        let r = env
-            .api(
-                "GET",
-                &format!("/v1/acme/r/upstream/syncs/{id}"),
-                Some(&key),
-                None,
-            )
-            .await;
+    for other in ["sync_doesnotexist", "nope", "repo_abc"] {
+        let r = env.get_sync(&key, "acme/r", other).await;
         assert_error(&r, 404, "NOT_FOUND", None);
-        assert_eq!(r.1["error"]["message"], "sync not found", "{id}");
+        assert_eq!(r.1["error"]["message"], "sync not found", "{other}");
     }
     // The poll resolves repo and sync in one statement and still tells
     // which of the two is missing.
-    for id in [first["id"].as_str().unwrap(), "nope"] {
-        let r = env
-            .api(
-                "GET",
-                &format!("/v1/acme/no-such-repo/upstream/syncs/{id}"),
-                Some(&key),
-                None,
-            )
-            .await;
+    for other in [id, "nope"] {
+        let r = env.get_sync(&key, "acme/no-such-repo", other).await;
         assert_error(&r, 404, "NOT_FOUND", None);
-        assert_eq!(r.1["error"]["message"], "repository not found", "{id}");
+        assert_eq!(r.1["error"]["message"], "repository not found", "{other}");
     }
-    // A sync is found only under its own repo.
-    let r = env
-        .api(
-            "GET",
-            &format!(
-                "/v1/acme/bare/upstream/syncs/{}",
-                first["id"].as_str().unwrap()
-            ),
-            Some(&key),
-            None,
-        )
-        .await;
+    let r = env.get_sync(&key, "acme/bare", id).await;
     assert_error(&r, 404, "NOT_FOUND", None);
+    env.cleanup().await.unwrap();
+}
 
-    // List: newest first.
-    let (status, list) = env
-        .api("GET", "/v1/acme/r/upstream/syncs", Some(&key), None)
-        .await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_list_newest_first_and_the_repo_shows_the_latest() {
+    let (env, key, _) = syncs_env().await;
+    let first = queued(&env, &key, Pull, None).await;
+    let push = queued(&env, &key, Push, None).await;
+    let main_only = queued(
+        &env,
+        &key,
+        Pull,
+        Some(json!({"branches": "main,release/*"})),
+    )
+    .await;
+    let tags_only = queued(&env, &key, Pull, Some(json!({"tags": "v*"}))).await;
+    let (status, list) = env.list_syncs(&key, "acme/r").await;
     assert_eq!(status, 200);
     let ids: Vec<&Value> = list["syncs"]
         .as_array()
@@ -781,29 +808,44 @@ async fn syncs_post_get_list_and_the_409_rules() {
     assert_eq!(list["has_more"], false);
     assert!(list["next_cursor"].is_null());
 
-    // latest_sync is the newest.
-    let (_, repo) = env.api("GET", "/v1/acme/r", Some(&key), None).await;
+    let (_, repo) = env.get_repo(&key, "acme/r").await;
     assert_eq!(repo["upstream"]["latest_sync"], tags_only);
-    let (_, repos) = env.api("GET", "/v1/acme/repos", Some(&key), None).await;
+    let (_, repos) = env.list_repos(&key, "acme").await;
     assert_eq!(
         repos["repos"][0]["upstream"]["latest_sync"]["id"],
         tags_only["id"]
     );
+    env.cleanup().await.unwrap();
+}
 
-    // Every sync has an outbox row, written with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sync_is_written_with_its_outbox_row() {
+    let (env, key, _) = syncs_env().await;
+    queued(&env, &key, Pull, None).await;
+    queued(&env, &key, Push, None).await;
+    queued(&env, &key, Pull, Some(json!({"tags": "v*"}))).await;
     let db = env.db().await.unwrap();
     let n: i64 = db
         .query_one("SELECT count(DISTINCT sync_id) FROM outbox", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 4);
+    assert_eq!(n, 3);
+    env.cleanup().await.unwrap();
+}
 
-    // Deleting the repo takes its syncs along.
-    let (status, _) = env.api("DELETE", "/v1/acme/r", Some(&key), None).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_repo_takes_its_syncs_along() {
+    let (env, key, _) = syncs_env().await;
+    let first = queued(&env, &key, Pull, None).await;
+    queued(&env, &key, Push, None).await;
+    let (status, _) = env.delete_repo(&key, "acme/r").await;
     assert_eq!(status, 200);
-    let r = env.api("GET", &path, Some(&key), None).await;
+    let r = env
+        .get_sync(&key, "acme/r", first["id"].as_str().unwrap())
+        .await;
     assert_error(&r, 404, "NOT_FOUND", None);
+    let db = env.db().await.unwrap();
     let n: i64 = db
         .query_one("SELECT count(*) FROM syncs", &[])
         .await
@@ -815,7 +857,7 @@ async fn syncs_post_get_list_and_the_409_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pagination_edges() {
-    let env = env_without_worker().await;
+    let env = api_tier().await;
     let key = env.org_and_key("acme", "write").unwrap();
     let other = env.org_and_key("globex", "write").unwrap();
 
@@ -828,7 +870,12 @@ async fn pagination_edges() {
             json!({"next_cursor": null, "has_more": false, "repos": []})
         )
     );
-    create_repo(&env, &key, json!({"name": "r", "upstream": {"url": URL}})).await;
+    env.create_repo(
+        &key,
+        "acme",
+        &json!({"name": "r", "upstream": {"url": URL}}),
+    )
+    .await;
     let (status, list) = env
         .api("GET", "/v1/acme/r/upstream/syncs", Some(&key), None)
         .await;
@@ -841,7 +888,8 @@ async fn pagination_edges() {
     );
 
     for i in 0..4 {
-        create_repo(&env, &key, json!({"name": format!("r{i}")})).await;
+        env.create_repo(&key, "acme", &json!({"name": format!("r{i}")}))
+            .await;
     }
     // globex's repos never show in acme's list.
     env.api(
@@ -948,10 +996,15 @@ async fn pagination_edges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_replay_and_refuse_reuse() {
-    let env = env_without_worker().await;
+    let env = api_tier().await;
     let key = env.org_and_key("acme", "write").unwrap();
     let other_key = env.org_and_key("globex", "write").unwrap();
-    create_repo(&env, &key, json!({"name": "r", "upstream": {"url": URL}})).await;
+    env.create_repo(
+        &key,
+        "acme",
+        &json!({"name": "r", "upstream": {"url": URL}}),
+    )
+    .await;
     env.api(
         "POST",
         "/v1/globex/repos",
@@ -1123,9 +1176,9 @@ async fn idempotency_keys_replay_and_refuse_reuse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_is_the_envelope_and_accept_is_negotiated() {
-    let env = env_without_worker().await;
+    let env = api_tier().await;
     let key = env.org_and_key("acme", "write").unwrap();
-    create_repo(&env, &key, json!({"name": "r"})).await;
+    env.create_repo(&key, "acme", &json!({"name": "r"})).await;
 
     // Unknown routes and methods: 404 in the envelope, inside and outside /v1.
     for (method, path) in [

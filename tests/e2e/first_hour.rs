@@ -14,13 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn env_opts(extra: &[(&str, &str)]) -> EnvOptions {
-    EnvOptions {
-        extra_env: extra
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        workers: 1,
-    }
+    EnvOptions::with_env(extra, 1)
 }
 
 fn repo_root() -> PathBuf {

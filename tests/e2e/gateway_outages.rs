@@ -54,6 +54,7 @@ async fn broker_unreachable_during_post_then_the_relay_delivers() {
             "DEPOT__AMQP__URL".into(),
             "amqp://guest:guest@127.0.0.1:1/%2f".into(),
         )],
+        ..EnvOptions::default()
     })
     .await
     .unwrap();

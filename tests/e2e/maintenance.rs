@@ -11,13 +11,7 @@ use serde_json::json;
 use std::time::{Duration, SystemTime};
 
 fn env_opts(extra: &[(&str, &str)]) -> EnvOptions {
-    EnvOptions {
-        extra_env: extra
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        workers: 1,
-    }
+    EnvOptions::with_env(extra, 1)
 }
 
 /// Keep 2 syncs per repository and no age floor: of four pulls and a push,

@@ -88,6 +88,7 @@ async fn one_trace_covers_request_and_run_and_is_exported_over_otlp() {
             ("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()),
         ],
         workers: 1,
+        ..EnvOptions::default()
     })
     .await
     .unwrap();
@@ -235,8 +236,9 @@ async fn one_trace_covers_request_and_run_and_is_exported_over_otlp() {
     env.cleanup().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_and_probes_on_the_gateway_and_the_worker_admin_port() {
+/// A completed pull of `measured` (a branch and a tag) through the real
+/// binaries: what the metrics tests count.
+async fn measured_env() -> (Upstream, TestEnv, String, Value) {
     let upstream = Upstream::start("measured").unwrap();
     let main = upstream.work.commit("main", "first").unwrap();
     upstream.work.tag("v1", &main, false).unwrap();
@@ -251,12 +253,17 @@ async fn metrics_and_probes_on_the_gateway_and_the_worker_admin_port() {
     )
     .await;
     let sync = post_sync(&env, &key, "mirror", "pull").await;
-    let sync_id = sync["id"].as_str().unwrap();
-    let done = env
-        .wait_for_sync(&key, "acme", "mirror", sync_id, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(done["status"], "completed", "{done}");
+    (upstream, env, key, sync)
+}
+
+/// The real gateway and one worker, nothing recorded yet: the probes.
+async fn probed_env() -> TestEnv {
+    TestEnv::start(EnvOptions::default()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_counts_requests_by_route_template_and_status_with_latencies() {
+    let (_upstream, env, key, _) = measured_env().await;
     let (status, _) = env
         .call("GET", "/v1/acme/nope", Some(&key), None)
         .await
@@ -293,6 +300,18 @@ async fn metrics_and_probes_on_the_gateway_and_the_worker_admin_port() {
     );
     assert!(!text.contains("acme") && !text.contains("mirror"), "{text}");
 
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_counts_syncs_ref_outcomes_attempts_lag_backlog_and_traffic() {
+    let (_upstream, env, key, sync) = measured_env().await;
+    let sync_id = sync["id"].as_str().unwrap();
+    let done = env
+        .wait_for_sync(&key, "acme", "mirror", sync_id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
     // Worker: syncs, per-ref outcomes, durations, attempts, queue lag,
     // backlog gauges.
     let admin = env.worker_admin_url(0).await.unwrap();
@@ -361,6 +380,13 @@ async fn metrics_and_probes_on_the_gateway_and_the_worker_admin_port() {
         assert_eq!(sample(&text, &per_run), Some(1.0), "{per_run}");
     }
 
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_probes_answer_on_the_gateway_and_the_worker_admin_port() {
+    let env = probed_env().await;
+    let admin = env.worker_admin_url(0).await.unwrap();
     // Probes.
     for url in [
         env.url("/healthz"),
@@ -374,6 +400,12 @@ async fn metrics_and_probes_on_the_gateway_and_the_worker_admin_port() {
     let (status, _) = env.get_text(&format!("{admin}/nope")).await.unwrap();
     assert_eq!(status, 404);
 
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_without_its_broker_is_alive_but_not_ready() {
+    let env = probed_env().await;
     // A gateway whose broker is unreachable is alive but not ready.
     let mut lonely = env
         .start_extra_gateway(
@@ -395,6 +427,12 @@ async fn metrics_and_probes_on_the_gateway_and_the_worker_admin_port() {
     let body: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["checks"], json!({"database": true, "broker": false}));
     lonely.proc.kill9();
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_its_broker_is_alive_but_not_ready() {
+    let env = probed_env().await;
     let mut lonely_worker = env
         .start_extra_worker(
             "worker-no-broker",
@@ -416,6 +454,13 @@ async fn metrics_and_probes_on_the_gateway_and_the_worker_admin_port() {
     assert_eq!(body["checks"], json!({"database": true, "broker": false}));
     lonely_worker.kill9();
 
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_postgres_gateway_and_worker_are_alive_but_not_ready() {
+    let env = probed_env().await;
+    let admin = env.worker_admin_url(0).await.unwrap();
     // Without Postgres (this test's database dropped), both are unready but
     // alive.
     let (admin_db, conn) = tokio_postgres::connect(depot_e2e::PG_ADMIN_URL, tokio_postgres::NoTls)
@@ -487,6 +532,7 @@ async fn credentials_never_reach_logs_spans_metrics_or_error_bodies() {
             ("DEPOT__TELEMETRY__FILTER".into(), "debug".into()),
         ],
         workers: 1,
+        ..EnvOptions::default()
     })
     .await
     .unwrap();
@@ -644,6 +690,7 @@ async fn scale_out_two_gateways_three_workers_run_every_sync_exactly_once() {
     let env = TestEnv::start(EnvOptions {
         extra_env: vec![("DEPOT__WORKER__CONCURRENCY".into(), "2".into())],
         workers: 3,
+        ..EnvOptions::default()
     })
     .await
     .unwrap();
@@ -806,7 +853,7 @@ fn assert_hardened(what: &str, workload: &Value) {
 }
 
 #[test]
-fn deploy_manifests_declare_what_an_ops_team_needs() {
+fn every_kubernetes_object_is_well_formed() {
     let docs = load_all();
     // Every Kubernetes object is well formed.
     for (file, d) in &docs {
@@ -815,6 +862,11 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
             assert!(d["metadata"]["name"].is_string(), "{}: {d}", file.display());
         }
     }
+}
+
+#[test]
+fn the_kustomize_base_lists_every_manifest_beside_it_and_nothing_missing() {
+    let docs = load_all();
     // The kustomize base lists every manifest file next to it, and each exists.
     let base = deploy_dir().join("k8s/base");
     let kustomization = docs
@@ -842,7 +894,11 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
             );
         }
     }
+}
 
+#[test]
+fn the_gateway_has_probes_a_service_a_cpu_autoscaler_and_time_to_drain() {
+    let docs = load_all();
     // Gateway: Deployment with probes, Service, HPA on CPU, PDB.
     let gateway = k8s(&docs, "Deployment", "depot-gateway");
     let c = container(gateway);
@@ -871,15 +927,19 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
         "{hpa}"
     );
     assert!(hpa["spec"]["minReplicas"].as_u64().unwrap() >= 2);
+}
 
+#[test]
+fn the_worker_has_probes_a_pod_grace_beyond_its_own_and_keda_on_the_jobs_queue() {
+    let docs = load_all();
     // Worker: Deployment with probes on its admin port, a termination grace
     // period longer than its own grace period, KEDA on the jobs queue.
     let worker = k8s(&docs, "Deployment", "depot-worker");
+    let config = k8s(&docs, "ConfigMap", "depot-config");
     let c = container(worker);
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_hardened("worker", worker);
-    let config = k8s(&docs, "ConfigMap", "depot-config");
     let worker_grace: u64 = config["data"]["DEPOT__WORKER__GRACE_SECONDS"]
         .as_str()
         .expect("the ConfigMap sets the worker's grace period")
@@ -912,7 +972,14 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
         format!("{namespace}.sync.jobs").as_str()
     );
     assert!(trigger["authenticationRef"]["name"].is_string());
+}
 
+#[test]
+fn gateway_and_worker_read_one_config_map_and_credentials_only_from_a_secret() {
+    let docs = load_all();
+    let gateway = k8s(&docs, "Deployment", "depot-gateway");
+    let worker = k8s(&docs, "Deployment", "depot-worker");
+    let config = k8s(&docs, "ConfigMap", "depot-config");
     // Both read the same settings; secrets come from a Secret.
     for w in [gateway, worker] {
         let c = container(w);
@@ -945,7 +1012,13 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
             .all(|k| !k.contains("URL") && !k.contains("KEY")),
         "credentials belong in the Secret"
     );
+}
 
+#[test]
+fn workers_mount_one_read_write_many_claim_at_the_storage_root() {
+    let docs = load_all();
+    let worker = k8s(&docs, "Deployment", "depot-worker");
+    let config = k8s(&docs, "ConfigMap", "depot-config");
     // Shared repository storage: one ReadWriteMany claim mounted by the
     // workers at storage.root.
     let pvc = k8s(&docs, "PersistentVolumeClaim", "depot-repos");
@@ -970,7 +1043,11 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
             .iter()
             .any(|m| m["name"] == repo_volume["name"] && m["mountPath"] == storage_root)
     );
+}
 
+#[test]
+fn both_sides_have_a_disruption_budget() {
+    let docs = load_all();
     // Disruption budgets for both sides.
     for name in ["depot-gateway", "depot-worker"] {
         let pdb = k8s(&docs, "PodDisruptionBudget", name);
@@ -979,7 +1056,11 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
             pdb["spec"]["minAvailable"].is_number() || pdb["spec"]["maxUnavailable"].is_number()
         );
     }
+}
 
+#[test]
+fn migrations_run_as_a_hardened_job() {
+    let docs = load_all();
     // Migrations: a Job running `depot-admin migrate`.
     let migrate = k8s(&docs, "Job", "depot-migrate");
     let c = container(migrate);
@@ -988,7 +1069,11 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
         "{c}"
     );
     assert_hardened("migrate", migrate);
+}
 
+#[test]
+fn compose_runs_the_whole_system_on_one_host() {
+    let docs = load_all();
     // Compose: the whole system on one host.
     let (_, compose) = docs
         .iter()
@@ -1024,7 +1109,10 @@ fn deploy_manifests_declare_what_an_ops_team_needs() {
         services["worker"]["stop_grace_period"].is_string(),
         "the worker needs time to finish runs on stop"
     );
+}
 
+#[test]
+fn dockerfiles_are_multi_stage_and_never_run_as_root() {
     // Dockerfiles: multi-stage, non-root runtime.
     for name in ["gateway", "worker"] {
         let path = deploy_dir().join(format!("docker/{name}.Dockerfile"));

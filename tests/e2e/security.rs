@@ -280,6 +280,7 @@ async fn an_oversized_pack_fails_its_sync_cleanly_while_others_complete() {
             "DEPOT__UPSTREAM__MAX_PACK_BYTES".into(),
             (512 * 1024).to_string(),
         )],
+        ..EnvOptions::default()
     })
     .await
     .unwrap();

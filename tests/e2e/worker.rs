@@ -13,13 +13,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 fn env_opts(extra: &[(&str, &str)], workers: usize) -> EnvOptions {
-    EnvOptions {
-        extra_env: extra
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        workers,
-    }
+    EnvOptions::with_env(extra, workers)
 }
 
 /// `head_change_id` of a commit: reverse hex over its first 16 bytes.
@@ -754,6 +748,7 @@ async fn an_org_never_runs_more_syncs_at_once_than_its_limit() {
     let env = TestEnv::start(EnvOptions {
         workers: 2,
         extra_env: vec![("DEPOT__WORKER__MAX_RUNS_PER_ORG".into(), "1".into())],
+        ..EnvOptions::default()
     })
     .await
     .unwrap();

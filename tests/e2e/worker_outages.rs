@@ -25,6 +25,7 @@ fn opts() -> EnvOptions {
             ("DEPOT__WORKER__REQUEUE_AFTER_SECONDS".into(), "3".into()),
         ],
         workers: 2,
+        ..EnvOptions::default()
     }
 }
 

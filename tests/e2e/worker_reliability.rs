@@ -141,6 +141,7 @@ async fn a_worker_cut_off_from_postgres_stops_its_run_before_the_lease_is_handed
             ("DEPOT__WORKER__CONCURRENCY".into(), "1".into()),
             ("DEPOT__WORKER__REQUEUE_AFTER_SECONDS".into(), "3".into()),
         ],
+        ..EnvOptions::default()
     })
     .await
     .unwrap();
@@ -224,6 +225,7 @@ async fn a_sync_released_at_shutdown_never_meets_a_young_lock_of_its_last_run() 
     let mut env = TestEnv::start(EnvOptions {
         workers: 1,
         extra_env: vec![("DEPOT__WORKER__GRACE_SECONDS".into(), "1".into())],
+        ..EnvOptions::default()
     })
     .await
     .unwrap();
@@ -285,6 +287,7 @@ async fn a_sync_abandoned_at_shutdown_is_claimed_again_only_once_its_locks_are_s
                 LEASE_SECONDS.to_string(),
             ),
         ],
+        ..EnvOptions::default()
     })
     .await
     .unwrap();
@@ -388,6 +391,7 @@ async fn a_backlog_waiting_in_the_queue_is_never_published_again() {
             ("DEPOT__WORKER__CONCURRENCY".into(), "1".into()),
             ("DEPOT__WORKER__REQUEUE_AFTER_SECONDS".into(), "2".into()),
         ],
+        ..EnvOptions::default()
     })
     .await
     .unwrap();
@@ -441,6 +445,7 @@ async fn a_really_lost_message_is_published_again() {
     let env = TestEnv::start(EnvOptions {
         workers: 1,
         extra_env: vec![("DEPOT__WORKER__REQUEUE_AFTER_SECONDS".into(), "2".into())],
+        ..EnvOptions::default()
     })
     .await
     .unwrap();

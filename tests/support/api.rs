@@ -7,7 +7,8 @@
 use crate::TestEnv;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Map, Value};
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The OpenAPI document, parsed once per test binary.
 pub fn contract() -> &'static Value {
@@ -82,18 +83,7 @@ pub fn check_response(method: &str, path: &str, status: u16, body: &Value) -> Re
         bail!("{method} {template} answered {status}, which the document does not list: {body}");
     };
     let response = resolve(doc, response)?;
-    let schema = response
-        .pointer("/content/application~1json/schema")
-        .with_context(|| format!("{method} {template} {status}: no JSON schema"))?;
-    let mut root = Map::new();
-    root.insert("$ref".into(), Value::String("#/__schema".into()));
-    root.insert("__schema".into(), schema.clone());
-    root.insert("components".into(), doc["components"].clone());
-    let validator = jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft202012)
-        .should_validate_formats(true)
-        .build(&Value::Object(root))
-        .map_err(|e| anyhow!("schema of {method} {template} {status}: {e}"))?;
+    let validator = validator(method, &template, status, response)?;
     let errors: Vec<String> = validator
         .iter_errors(body)
         .map(|e| format!("{} at {}", e, e.instance_path()))
@@ -105,6 +95,42 @@ pub fn check_response(method: &str, path: &str, status: u16, body: &Value) -> Re
         );
     }
     Ok(true)
+}
+
+/// The compiled schema of one response, built once per test process:
+/// compiling it (all of `components` included) costs more than most
+/// requests do, and a test checks the same few responses many times.
+fn validator(
+    method: &str,
+    template: &str,
+    status: u16,
+    response: &Value,
+) -> Result<Arc<jsonschema::Validator>> {
+    static BUILT: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> = OnceLock::new();
+    let key = format!("{method} {template} {status}");
+    let built = BUILT.get_or_init(Mutex::default);
+    if let Some(v) = built.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(v.clone());
+    }
+    let schema = response
+        .pointer("/content/application~1json/schema")
+        .with_context(|| format!("{key}: no JSON schema"))?;
+    let mut root = Map::new();
+    root.insert("$ref".into(), Value::String("#/__schema".into()));
+    root.insert("__schema".into(), schema.clone());
+    root.insert("components".into(), contract()["components"].clone());
+    let validator = Arc::new(
+        jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(&Value::Object(root))
+            .map_err(|e| anyhow!("schema of {key}: {e}"))?,
+    );
+    built
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, validator.clone());
+    Ok(validator)
 }
 
 /// Every non-2xx body is the envelope; 5xx ones carry a trace id.

@@ -1,12 +1,19 @@
 //! Test harness for end-to-end tests: each test gets its own database, its
 //! own broker namespace and storage directory, and runs the real
-//! `depot-gateway`, `depot-worker` and `depot-admin` binaries against them.
+//! `depot-gateway`, `depot-worker` and `depot-admin` binaries against them,
+//! or the gateway in-process ([`Gateway::InProcess`], the API tier).
 //! Binaries come from the workspace's target directory (`make test` builds
 //! them first; so does `cargo build --bins`).
+//!
+//! A test's database is a clone of `depot_tmpl_<hash of migrations/>`, built
+//! once by `depot-admin migrate` and kept between runs: cloning costs a
+//! fraction of migrating, and the hash keeps a tree with other migrations
+//! from ever using it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api;
+pub mod calls;
 
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
@@ -138,6 +145,8 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub env: HashMap<String, String>,
     pub gateway: Option<Proc>,
+    /// The gateway when it runs inside the test process.
+    in_process: Option<actix_web::dev::ServerHandle>,
     pub workers: Vec<Proc>,
     pub base_url: String,
     pub http: reqwest::Client,
@@ -150,6 +159,7 @@ pub struct TestEnv {
 pub struct EnvOptions {
     pub extra_env: Vec<(String, String)>,
     pub workers: usize,
+    pub gateway: Gateway,
 }
 
 impl Default for EnvOptions {
@@ -157,6 +167,42 @@ impl Default for EnvOptions {
         EnvOptions {
             extra_env: Vec::new(),
             workers: 1,
+            gateway: Gateway::Binary,
+        }
+    }
+}
+
+/// How a test runs the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gateway {
+    /// The real `depot-gateway` binary: for lifecycle, outage and log tests.
+    Binary,
+    /// `Application::build` on port 0 inside the test process, with the
+    /// same settings: for validation, auth and contract tests, which need
+    /// the HTTP API but not the process (its log is not captured: a test
+    /// that reads gateway logs needs [`Gateway::Binary`]).
+    InProcess,
+}
+
+impl EnvOptions {
+    /// The real binaries, `workers` workers and these settings on top.
+    pub fn with_env(extra: &[(&str, &str)], workers: usize) -> EnvOptions {
+        EnvOptions {
+            extra_env: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            workers,
+            ..EnvOptions::default()
+        }
+    }
+
+    /// No worker and the gateway in-process: the API tier.
+    pub fn api_only() -> EnvOptions {
+        EnvOptions {
+            workers: 0,
+            gateway: Gateway::InProcess,
+            ..EnvOptions::default()
         }
     }
 }
@@ -207,6 +253,7 @@ impl TestEnv {
             dir,
             env,
             gateway: None,
+            in_process: None,
             workers: Vec::new(),
             base_url: String::new(),
             http: reqwest::Client::builder()
@@ -214,15 +261,85 @@ impl TestEnv {
                 .build()?,
             cleaned: false,
         };
-        let out = test_env.admin(&["migrate"])?;
-        if !out.contains("applied") {
-            bail!("migrate applied nothing: {out}");
+        test_env.create_migrated_database().await?;
+        match options.gateway {
+            Gateway::Binary => test_env.start_gateway().await?,
+            Gateway::InProcess => test_env.start_gateway_in_process().await?,
         }
-        test_env.start_gateway().await?;
         for _ in 0..options.workers {
             test_env.start_worker()?;
         }
         Ok(test_env)
+    }
+
+    /// This test's database, cloned from the migrated template (cloning
+    /// takes a fraction of applying every migration again).
+    async fn create_migrated_database(&self) -> Result<()> {
+        let template = self.migrated_template().await?;
+        let client = admin_client().await?;
+        client
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{}\" TEMPLATE \"{template}\"",
+                self.db_name
+            ))
+            .await
+            .with_context(|| format!("clone {template}"))?;
+        Ok(())
+    }
+
+    /// The name of a database holding exactly the migrations of this tree,
+    /// built by `depot-admin migrate` the first time any test needs it.
+    /// Named by a hash of `migrations/`: a tree with other migrations (an
+    /// edited one, another branch's) gets its own. Built under another name
+    /// and renamed when complete, so a test killed halfway leaves no
+    /// half-migrated template; marked a template without connections, so
+    /// concurrent clones never find it in use.
+    async fn migrated_template(&self) -> Result<String> {
+        let name = format!("depot_tmpl_{:016x}", migrations_hash()?);
+        let client = admin_client().await?;
+        // Arbitrary constant naming "depot e2e template" among advisory locks.
+        client
+            .batch_execute("SELECT pg_advisory_lock(7355608002)")
+            .await?;
+        let built = async {
+            let exists = client
+                .query_opt(
+                    "SELECT 1 FROM pg_database WHERE datname = $1 AND datistemplate",
+                    &[&name],
+                )
+                .await?
+                .is_some();
+            if !exists {
+                let building = format!("{name}_build_{}", random_suffix());
+                let url = format!("postgres://postgres@127.0.0.1:5432/{building}");
+                let out = self
+                    .command("depot-admin")?
+                    .env("DEPOT__DATABASE__URL", &url)
+                    .arg("migrate")
+                    .output()?;
+                if !out.status.success()
+                    || !String::from_utf8_lossy(&out.stdout).contains("applied")
+                {
+                    bail!(
+                        "depot-admin migrate into {building}: {}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                client
+                    .batch_execute(&format!(
+                        "ALTER DATABASE \"{building}\" RENAME TO \"{name}\"; \
+                         ALTER DATABASE \"{name}\" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
+                    ))
+                    .await?;
+            }
+            Ok(())
+        }
+        .await;
+        client
+            .batch_execute("SELECT pg_advisory_unlock(7355608002)")
+            .await?;
+        built.map(|()| name)
     }
 
     fn command(&self, binary: &str) -> Result<Command> {
@@ -307,6 +424,17 @@ impl TestEnv {
             }
         })
         .await?;
+        Ok(())
+    }
+
+    /// Build the gateway in this process from the environment the binary
+    /// would get, bound to port 0, and serve it on the test's runtime.
+    pub async fn start_gateway_in_process(&mut self) -> Result<()> {
+        let settings = depot_settings::Settings::load_from(None, self.env.clone())?;
+        let app = depot_gateway::Application::build(settings).await?;
+        self.base_url = format!("http://127.0.0.1:{}", app.port());
+        self.in_process = Some(app.handle());
+        tokio::spawn(app.run_until_stopped());
         Ok(())
     }
 
@@ -417,6 +545,9 @@ impl TestEnv {
 
     /// Stop the processes, drop the database and the broker namespace.
     pub async fn cleanup(mut self) -> Result<()> {
+        if let Some(handle) = self.in_process.take() {
+            handle.stop(false).await;
+        }
         self.stop_all();
         drop_resources(&self.db_name, &self.namespace).await?;
         self.cleaned = true;
@@ -426,6 +557,10 @@ impl TestEnv {
     fn stop_all(&mut self) {
         if let Some(mut g) = self.gateway.take() {
             g.kill9();
+        }
+        if let Some(handle) = self.in_process.take() {
+            // Sent at once; the returned future only waits for the end.
+            drop(handle.stop(false));
         }
         for w in &mut self.workers {
             w.kill9();
@@ -479,6 +614,31 @@ async fn drop_resources(db_name: &str, namespace: &str) -> Result<()> {
         ))
         .await?;
     Ok(())
+}
+
+async fn admin_client() -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(PG_ADMIN_URL, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A hash of every file in `migrations/`, names and contents.
+fn migrations_hash() -> Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("read {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    files.sort();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in files {
+        file.file_name().hash(&mut hasher);
+        std::fs::read(&file)?.hash(&mut hasher);
+    }
+    Ok(hasher.finish())
 }
 
 /// The port from the gateway's JSON log line `gateway listening`.

@@ -162,59 +162,7 @@ pub fn stat_names(sync: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Branches and tags of a bare repository, by name.
-pub fn refs_of(repo: &Path) -> BTreeMap<String, String> {
-    fixture::list_refs(repo)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(n, _)| n.starts_with("refs/heads/") || n.starts_with("refs/tags/"))
-        .collect()
-}
-
-/// Every ref name of a bare repository (quarantine refs included).
-pub fn all_ref_names(repo: &Path) -> Vec<String> {
-    fixture::list_refs(repo)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect()
-}
-
-/// `git push --force <bare> <refspec>...` from a work repository, by path:
-/// how tests rewrite upstream history or put refs into the hosted repository
-/// (which has no write API).
-pub fn force_push(work: &Path, bare: &Path, refspecs: &[&str]) -> Result<()> {
-    let out = fixture::git_command()
-        .arg("-C")
-        .arg(work)
-        .args(["push", "-q", "--force"])
-        .arg(bare)
-        .args(refspecs)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "git push {refspecs:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// Fetch every branch and tag of `bare` into the work repository (so a
-/// work repository can build on what the hosted repository holds).
-pub fn fetch_all(work: &Path, bare: &Path) -> Result<()> {
-    let out = fixture::git_command()
-        .arg("-C")
-        .arg(work)
-        .args(["fetch", "-q", "--force", "--update-head-ok"])
-        .arg(bare)
-        .args(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
-        .output()?;
-    if !out.status.success() {
-        bail!("git fetch: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
+pub use depot_testkit::fixture::{all_ref_names, fetch_all, force_push, refs_of};
 
 /// Run `git` in `dir` and return stdout.
 pub fn git(dir: &Path, args: &[&str]) -> Result<String> {

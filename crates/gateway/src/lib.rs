@@ -95,6 +95,11 @@ impl Application {
         self.port
     }
 
+    /// Stops the server from elsewhere (tests that run it in-process).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
     /// Runs until SIGTERM/SIGINT (actix handles both: stop accepting, drain).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await

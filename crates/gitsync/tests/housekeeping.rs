@@ -15,7 +15,7 @@ use depot_domain::{Outcome, RefGlobs, RefMatcher};
 use depot_gitsync::housekeeping::{self, Policy};
 use depot_gitsync::{RunSpec, pull};
 use depot_testkit::GitHttpServer;
-use depot_testkit::fixture::{WorkRepo, git_command, list_refs};
+use depot_testkit::fixture::{WorkRepo, git_command, has_object, list_refs};
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -209,10 +209,6 @@ fn unreachable_blob(repo: &Path, content: &str) -> (String, PathBuf) {
     let path = repo.join("objects").join(&oid[..2]).join(&oid[2..]);
     assert!(path.is_file());
     (oid, path)
-}
-
-fn has_object(repo: &Path, id: &str) -> bool {
-    git(repo, &["cat-file", "-e", id]).status.success()
 }
 
 fn age(path: &Path, by: Duration) {

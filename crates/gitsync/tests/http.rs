@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,7 +13,8 @@ use depot_domain::{FailureCode, Outcome, RefGlobs, RefMatcher, RefStat};
 use depot_gitsync::{Credentials, RunSpec, SyncError, branch_tip, ensure_repo, pull, push};
 use depot_testkit::GitHttpServer;
 use depot_testkit::fixture::{
-    WorkRepo, git_command, init_bare, list_refs, refuse_refs_hook, rev_parse,
+    WorkRepo, all_ref_names, force_push, git_command, has_object, init_bare, refs_of,
+    refuse_refs_hook, rev_parse,
 };
 
 struct Env {
@@ -71,46 +72,12 @@ fn spec<'a>(e: &'a Env, matcher: &'a RefMatcher) -> RunSpec<'a> {
 }
 
 /// Branches and tags of a repository, by name.
-fn refs_of(repo: &Path) -> BTreeMap<String, String> {
-    list_refs(repo)
-        .unwrap()
-        .into_iter()
-        .filter(|(n, _)| n.starts_with("refs/heads/") || n.starts_with("refs/tags/"))
-        .collect()
-}
-
-fn all_ref_names(repo: &Path) -> Vec<String> {
-    list_refs(repo)
-        .unwrap()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect()
-}
-
 fn by_name(stats: Vec<RefStat>) -> BTreeMap<String, RefStat> {
     let mut out = BTreeMap::new();
     for s in stats {
         assert!(out.insert(s.name.clone(), s).is_none(), "duplicate entry");
     }
     out
-}
-
-/// `git push --force <bare> <refspec>` from the work repo, by path.
-fn force_push(work: &WorkRepo, bare: &Path, refspec: &str) {
-    let status = git_command()
-        .arg("-C")
-        .arg(work.path())
-        .args(["push", "-q", "--force"])
-        .arg(bare)
-        .arg(refspec)
-        .status()
-        .unwrap();
-    assert!(status.success(), "git push {refspec}");
-}
-
-fn has_object(repo: &Path, id: &str) -> bool {
-    let repo = git2::Repository::open_bare(repo).unwrap();
-    repo.odb().unwrap().exists(git2::Oid::from_str(id).unwrap())
 }
 
 fn assert_stat(
@@ -191,8 +158,18 @@ fn pull_fast_forwards_and_never_deletes() {
     pull(&spec(&e, &m)).unwrap();
 
     let c3 = e.work.commit("main", "three").unwrap();
-    force_push(&e.work, &e.upstream, "refs/heads/main:refs/heads/main");
-    force_push(&e.work, &e.upstream, ":refs/heads/release/1.0/hotfix");
+    force_push(
+        e.work.path(),
+        &e.upstream,
+        &["refs/heads/main:refs/heads/main"],
+    )
+    .unwrap();
+    force_push(
+        e.work.path(),
+        &e.upstream,
+        &[":refs/heads/release/1.0/hotfix"],
+    )
+    .unwrap();
     let hotfix = rev_parse(&e.hosted, "refs/heads/release/1.0/hotfix").unwrap();
     // Left behind by a crashed earlier attempt of the same sync.
     let stale = format!("refs/depot/incoming/{}/heads/stale", spec(&e, &m).sync_id);
@@ -230,7 +207,12 @@ fn pull_removes_stale_locks_left_by_a_killed_run_and_keeps_fresh_ones() {
     let m = all();
     pull(&spec(&e, &m)).unwrap();
     let c3 = e.work.commit("main", "three").unwrap();
-    force_push(&e.work, &e.upstream, "refs/heads/main:refs/heads/main");
+    force_push(
+        e.work.path(),
+        &e.upstream,
+        &["refs/heads/main:refs/heads/main"],
+    )
+    .unwrap();
     // What a run killed while updating main leaves behind: the ref's lock,
     // an hour old.
     let stale = e.hosted.join("refs/heads/main.lock");
@@ -281,14 +263,25 @@ fn pull_rejects_diverged_branch_and_moved_tag() {
         .commit_on("hosted-only", Some(&c1), "hosted")
         .unwrap();
     force_push(
-        &e.work,
+        e.work.path(),
         &e.hosted,
-        &format!("{hosted_only}:refs/heads/main"),
-    );
+        &[&format!("{hosted_only}:refs/heads/main")],
+    )
+    .unwrap();
     let up = e.work.commit("main", "upstream").unwrap();
-    force_push(&e.work, &e.upstream, "refs/heads/main:refs/heads/main");
+    force_push(
+        e.work.path(),
+        &e.upstream,
+        &["refs/heads/main:refs/heads/main"],
+    )
+    .unwrap();
     e.work.tag("v1.0", &c2, false).unwrap();
-    force_push(&e.work, &e.upstream, "refs/tags/v1.0:refs/tags/v1.0");
+    force_push(
+        e.work.path(),
+        &e.upstream,
+        &["refs/tags/v1.0:refs/tags/v1.0"],
+    )
+    .unwrap();
 
     let stats = by_name(pull(&spec(&e, &m)).unwrap());
     assert_stat(
@@ -451,7 +444,12 @@ fn push_into_empty_then_fast_forward() {
     assert_eq!(refs_of(&e.upstream), hosted);
 
     let c3 = e.work.commit("main", "three").unwrap();
-    force_push(&e.work, &e.hosted, "refs/heads/main:refs/heads/main");
+    force_push(
+        e.work.path(),
+        &e.hosted,
+        &["refs/heads/main:refs/heads/main"],
+    )
+    .unwrap();
     let stats = by_name(push(&spec(&e, &m)).unwrap());
     assert_stat(
         &stats["refs/heads/main"],
@@ -481,14 +479,20 @@ fn push_rejects_diverged_upstream_and_moved_tag() {
         .commit_on("upstream-only", Some(&c1), "theirs")
         .unwrap();
     force_push(
-        &e.work,
+        e.work.path(),
         &e.upstream,
-        &format!("{upstream_only}:refs/heads/main"),
-    );
+        &[&format!("{upstream_only}:refs/heads/main")],
+    )
+    .unwrap();
     let ours = e.work.commit("main", "ours").unwrap();
-    force_push(&e.work, &e.hosted, "refs/heads/main:refs/heads/main");
+    force_push(
+        e.work.path(),
+        &e.hosted,
+        &["refs/heads/main:refs/heads/main"],
+    )
+    .unwrap();
     e.work.tag("v1.0", &c2, false).unwrap();
-    force_push(&e.work, &e.hosted, "refs/tags/v1.0:refs/tags/v1.0");
+    force_push(e.work.path(), &e.hosted, &["refs/tags/v1.0:refs/tags/v1.0"]).unwrap();
 
     let stats = by_name(push(&spec(&e, &m)).unwrap());
     assert_stat(
@@ -585,7 +589,12 @@ fn basic_auth_right_and_wrong() {
             .all(|r| r.outcome == Outcome::Unchanged)
     );
     let c3 = e.work.commit("main", "three").unwrap();
-    force_push(&e.work, &e.hosted, "refs/heads/main:refs/heads/main");
+    force_push(
+        e.work.path(),
+        &e.hosted,
+        &["refs/heads/main:refs/heads/main"],
+    )
+    .unwrap();
     let pushed = by_name(push(&s).unwrap());
     assert_eq!(pushed["refs/heads/main"].outcome, Outcome::Updated);
     assert_eq!(rev_parse(&e.upstream, "refs/heads/main").unwrap(), c3);
@@ -639,7 +648,12 @@ fn server_errors_are_classified() {
     assert!(err.is_transient());
     assert_eq!(err.to_string(), "upstream_unavailable: http 503");
     e.work.commit("main", "more").unwrap();
-    force_push(&e.work, &e.hosted, "refs/heads/main:refs/heads/main");
+    force_push(
+        e.work.path(),
+        &e.hosted,
+        &["refs/heads/main:refs/heads/main"],
+    )
+    .unwrap();
     assert_eq!(
         push(&spec(&e, &m)),
         Err(SyncError::Transient(

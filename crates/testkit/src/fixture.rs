@@ -4,6 +4,7 @@
 //! environment, dates advance by a per-repository counter, so the same sequence
 //! of calls yields the same object ids on every run.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -315,6 +316,61 @@ pub fn list_refs(repo: &Path) -> Result<Vec<(String, String)>> {
     }
     refs.sort();
     Ok(refs)
+}
+
+/// Branches and tags of a repository, by name. For assertions: a
+/// repository git cannot read fails the calling test here, naming it.
+#[track_caller]
+pub fn refs_of(repo: &Path) -> BTreeMap<String, String> {
+    match list_refs(repo) {
+        Ok(refs) => refs
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("refs/heads/") || n.starts_with("refs/tags/"))
+            .collect(),
+        Err(e) => panic!("refs of {}: {e:#}", repo.display()),
+    }
+}
+
+/// Every ref name of a repository, sorted (quarantine and other refs
+/// included). For assertions, as [`refs_of`].
+#[track_caller]
+pub fn all_ref_names(repo: &Path) -> Vec<String> {
+    match list_refs(repo) {
+        Ok(refs) => refs.into_iter().map(|(n, _)| n).collect(),
+        Err(e) => panic!("refs of {}: {e:#}", repo.display()),
+    }
+}
+
+/// `git push --force <bare> <refspec>...` from a work repository, by path:
+/// how tests rewrite upstream history or put refs into a hosted repository
+/// (which has no write API).
+pub fn force_push(work: &Path, bare: &Path, refspecs: &[&str]) -> Result<()> {
+    let mut cmd = git_in(work);
+    cmd.args(["push", "-q", "--force"]).arg(bare).args(refspecs);
+    run(cmd, None).with_context(|| format!("git push {refspecs:?}"))?;
+    Ok(())
+}
+
+/// Fetch every branch and tag of `bare` into the work repository (so a
+/// work repository can build on what a hosted repository holds).
+pub fn fetch_all(work: &Path, bare: &Path) -> Result<()> {
+    let mut cmd = git_in(work);
+    cmd.args(["fetch", "-q", "--force", "--update-head-ok"])
+        .arg(bare)
+        .args(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]);
+    run(cmd, None).context("git fetch")?;
+    Ok(())
+}
+
+/// Does `repo` hold the object `id` (loose or packed)? A repository git
+/// cannot read holds nothing.
+pub fn has_object(repo: &Path, id: &str) -> bool {
+    git_in(repo)
+        .args(["cat-file", "-e", id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Full object id that `rev` names in `repo` (tag object for annotated tags;

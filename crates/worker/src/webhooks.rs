@@ -22,7 +22,7 @@ use depot_contracts::sync_v1::JobKind;
 use depot_secrets::Credential;
 use depot_store::webhooks::{Claim, Claimed, Outcome};
 use futures_util::StreamExt;
-use hmac::{KeyInit, Mac};
+use hmac::Mac;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,7 +39,7 @@ pub(crate) const SIGNATURE_HEADER: &str = "x-mesa-signature";
 /// being the secret's UTF-8 bytes.
 pub(crate) fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
     // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
-    let mut mac = match hmac::Hmac::<sha2_11::Sha256>::new_from_slice(secret.as_bytes()) {
+    let mut mac = match hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) {
         Ok(m) => m,
         Err(_) => unreachable_hmac(),
     };

@@ -1,10 +1,10 @@
 //! `/v1/{org}/repos` and `/v1/{org}/{repo}`.
 
-use super::{json_response, read_body};
+use super::json_response;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorCode};
-use crate::json::{self, Field};
+use crate::json::{self, JsonObject, Object};
 use crate::pagination::{self, PageQuery};
 use crate::policy::check_upstream_url;
 use crate::views;
@@ -15,6 +15,7 @@ use depot_domain::{Scope, is_valid_branch_name};
 use depot_secrets::Credential;
 use depot_store::GenericClient;
 use depot_store::repos::{NewRepo, Repo, RepoChanges, Upstream};
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 const MAX_TAGS: usize = 64;
@@ -112,66 +113,128 @@ fn parse_tags(value: &Value, merge: Option<&Value>) -> Result<Value, ApiError> {
     Ok(Value::Object(tags))
 }
 
-fn secret(map: &Map<String, Value>, key: &str) -> Result<String, ApiError> {
-    let value = json::required_string(map, key, "upstream.auth")?;
+/// A repository's body, on create and on PATCH alike.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoBody {
+    #[serde(default, deserialize_with = "json::present")]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "json::present")]
+    default_bookmark: Option<String>,
+    /// Kept as given: on PATCH a `null` tag value removes that tag, and
+    /// [`parse_tags`] words each refusal for tags.
+    #[serde(default, deserialize_with = "json::present")]
+    tags: Option<Value>,
+    #[serde(default, with = "serde_with::rust::double_option")]
+    upstream: Option<Option<Object<UpstreamBody>>>,
+}
+
+/// `upstream` as given: the URL and the tri-state `auth`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamBody {
+    url: String,
+    #[serde(default, with = "serde_with::rust::double_option")]
+    auth: Option<Option<Object<AuthBody>>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum AuthKind {
+    Token,
+    UsernamePassword,
+}
+
+/// `upstream.auth`, every kind's fields in one object. Not an internally
+/// tagged enum: serde buffers such content before it picks the variant,
+/// and a type error inside then no longer names its field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthBody {
+    kind: AuthKind,
+    #[serde(default, deserialize_with = "json::present")]
+    token: Option<String>,
+    #[serde(default, deserialize_with = "json::present")]
+    token_username: Option<String>,
+    #[serde(default, deserialize_with = "json::present")]
+    username: Option<String>,
+    #[serde(default, deserialize_with = "json::present")]
+    password: Option<String>,
+}
+
+fn secret(value: Option<String>, key: &str) -> Result<String, ApiError> {
+    let field = format!("upstream.auth.{key}");
+    let value = value.ok_or_else(|| ApiError::invalid(&field, format!("{field} is required")))?;
     if value.is_empty() || value.len() > MAX_SECRET {
         return Err(ApiError::invalid(
-            &format!("upstream.auth.{key}"),
-            format!("upstream.auth.{key} must be 1-{MAX_SECRET} characters"),
+            &field,
+            format!("{field} must be 1-{MAX_SECRET} characters"),
         ));
     }
     Ok(value)
 }
 
-fn parse_auth(map: &Map<String, Value>) -> Result<Credential, ApiError> {
-    let kind = json::required_string(map, "kind", "upstream.auth")?;
-    match kind.as_str() {
-        "token" => {
-            json::only_keys(map, &["kind", "token", "token_username"], "upstream.auth")?;
-            let token_username = json::opt_string(map, "token_username", "upstream.auth")?;
-            Ok(Credential::Token {
-                token: secret(map, "token")?,
-                token_username,
-            })
+/// A field of another kind than the one given is unknown for this kind.
+fn not_for_kind(given: &[(&str, &Option<String>)]) -> Result<(), ApiError> {
+    match given.iter().find(|(_, v)| v.is_some()) {
+        Some((key, _)) => {
+            let field = format!("upstream.auth.{key}");
+            Err(ApiError::invalid(
+                &field,
+                format!("unknown field {field:?}"),
+            ))
         }
-        "username_password" => {
-            json::only_keys(map, &["kind", "username", "password"], "upstream.auth")?;
-            Ok(Credential::UsernamePassword {
-                username: secret(map, "username")?,
-                password: secret(map, "password")?,
-            })
-        }
-        _ => Err(ApiError::invalid(
-            "upstream.auth.kind",
-            "upstream.auth.kind must be 'token' or 'username_password'",
-        )),
+        None => Ok(()),
     }
 }
 
-/// `upstream` as given: the URL and the tri-state `auth`.
-struct UpstreamInput {
-    url: String,
-    auth: Field<Credential>,
+fn parse_auth(auth: AuthBody) -> Result<Credential, ApiError> {
+    match auth.kind {
+        AuthKind::Token => {
+            not_for_kind(&[("username", &auth.username), ("password", &auth.password)])?;
+            Ok(Credential::Token {
+                token: secret(auth.token, "token")?,
+                token_username: auth.token_username,
+            })
+        }
+        AuthKind::UsernamePassword => {
+            not_for_kind(&[
+                ("token", &auth.token),
+                ("token_username", &auth.token_username),
+            ])?;
+            Ok(Credential::UsernamePassword {
+                username: secret(auth.username, "username")?,
+                password: secret(auth.password, "password")?,
+            })
+        }
+    }
 }
 
-fn parse_upstream(map: &Map<String, Value>) -> Result<UpstreamInput, ApiError> {
-    json::only_keys(map, &["url", "auth"], "upstream")?;
-    let url = json::required_string(map, "url", "upstream")?;
-    let auth = match json::object(map, "auth", "upstream")? {
-        Field::Absent => Field::Absent,
-        Field::Null => Field::Null,
-        Field::Present(a) => Field::Present(parse_auth(a)?),
+/// `upstream` after parsing: the URL and the tri-state `auth`.
+struct UpstreamInput {
+    url: String,
+    auth: Patch<Credential>,
+}
+
+/// A tri-state PATCH field: `None` omitted (keep), `Some(None)` null (clear).
+type Patch<T> = Option<Option<T>>;
+
+fn parse_upstream(body: UpstreamBody) -> Result<UpstreamInput, ApiError> {
+    let auth = match body.auth {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(Object(a))) => Some(Some(parse_auth(a)?)),
     };
-    Ok(UpstreamInput { url, auth })
+    Ok(UpstreamInput {
+        url: body.url,
+        auth,
+    })
 }
 
 /// Parse `upstream` and apply the URL policy (which may resolve the host:
 /// done before any database transaction is opened).
-async fn checked_upstream(
-    state: &AppState,
-    map: &Map<String, Value>,
-) -> Result<UpstreamInput, ApiError> {
-    let mut input = parse_upstream(map)?;
+async fn checked_upstream(state: &AppState, body: UpstreamBody) -> Result<UpstreamInput, ApiError> {
+    let mut input = parse_upstream(body)?;
     input.url = check_upstream_url(&input.url, &state.settings.upstream).await?;
     Ok(input)
 }
@@ -208,15 +271,15 @@ fn build_upstream(
     let origin = depot_domain::policy::origin(&url)
         .ok_or_else(|| ApiError::invalid("upstream.url", "upstream.url has no origin"))?;
     let (auth_kind, credential) = match input.auth {
-        Field::Present(cred) => {
+        Some(Some(cred)) => {
             let sealed = state
                 .credential_key
                 .seal_credential(&cred, repo_id, &origin)
                 .map_err(ApiError::internal)?;
             (Some(cred.kind().to_string()), Some(sealed))
         }
-        Field::Null => (None, None),
-        Field::Absent => match current {
+        Some(None) => (None, None),
+        None => match current {
             Some(u) if u.credential.is_some() => {
                 if depot_domain::policy::origin(&u.url).as_deref() != Some(origin.as_str()) {
                     return Err(auth_required());
@@ -261,29 +324,24 @@ pub async fn create(
     state: web::Data<AppState>,
     mut caller: Caller,
     path: web::Path<String>,
-    payload: web::Payload,
+    body: JsonObject<RepoBody>,
 ) -> Result<HttpResponse, ApiError> {
     caller.for_org(&path, Scope::Write)?;
-    // Not held while the body arrives: a slow client would hold a pool slot.
-    caller.release_db();
-    let body =
-        json::parse_object(&read_body(payload, state.settings.gateway.max_body_bytes).await?)?;
-    json::only_keys(&body, &["name", "default_bookmark", "tags", "upstream"], "")?;
-    let name = match json::opt_string(&body, "name", "")? {
+    let body = body.read(&mut caller).await?;
+    let name = match body.name {
         Some(n) => n,
         None => new_id("repo").replace('_', "-"),
     };
     check_name(&name)?;
-    let bookmark =
-        json::opt_string(&body, "default_bookmark", "")?.unwrap_or_else(|| "main".into());
+    let bookmark = body.default_bookmark.unwrap_or_else(|| "main".into());
     check_bookmark(&bookmark)?;
-    let tags = match body.get("tags") {
+    let tags = match &body.tags {
         None => json!({}),
         Some(v) => parse_tags(v, None)?,
     };
     let repo_id = new_id("repo");
-    let upstream = match json::object(&body, "upstream", "")? {
-        Field::Present(u) => Some(build_upstream(
+    let upstream = match body.upstream {
+        Some(Some(Object(u))) => Some(build_upstream(
             &state,
             &repo_id,
             checked_upstream(&state, u).await?,
@@ -378,41 +436,37 @@ pub async fn update(
     state: web::Data<AppState>,
     mut caller: Caller,
     path: web::Path<(String, String)>,
-    payload: web::Payload,
+    body: JsonObject<RepoBody>,
 ) -> Result<HttpResponse, ApiError> {
     let (org, name) = path.into_inner();
     caller.for_repo(&org, &name, Scope::Write)?;
-    // Not held while the body arrives: a slow client would hold a pool slot.
-    caller.release_db();
-    let body =
-        json::parse_object(&read_body(payload, state.settings.gateway.max_body_bytes).await?)?;
-    json::only_keys(&body, &["name", "default_bookmark", "tags", "upstream"], "")?;
-    let new_name = json::opt_string(&body, "name", "")?;
+    let body = body.read(&mut caller).await?;
+    let new_name = body.name;
     if let Some(n) = &new_name {
         check_name(n)?;
     }
-    let bookmark = json::opt_string(&body, "default_bookmark", "")?;
+    let bookmark = body.default_bookmark;
     if let Some(b) = &bookmark {
         check_bookmark(b)?;
     }
-    let upstream_input = match json::object(&body, "upstream", "")? {
-        Field::Absent => Field::Absent,
-        Field::Null => Field::Null,
-        Field::Present(u) => Field::Present(checked_upstream(&state, u).await?),
+    let upstream_input = match body.upstream {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(Object(u))) => Some(Some(checked_upstream(&state, u).await?)),
     };
     let mut client = caller.db(&state.pool).await?;
     let tx = client.transaction().await?;
     let repo = depot_store::repos::by_name_for_update(&tx, &caller.key.org_id, &name)
         .await?
         .ok_or_else(|| ApiError::not_found("repository"))?;
-    let tags = match body.get("tags") {
+    let tags = match &body.tags {
         None => None,
         Some(v) => Some(parse_tags(v, Some(&repo.tags))?),
     };
     match upstream_input {
-        Field::Absent => {}
-        Field::Null => depot_store::repos::set_upstream(&tx, &repo.id, None).await?,
-        Field::Present(input) => {
+        None => {}
+        Some(None) => depot_store::repos::set_upstream(&tx, &repo.id, None).await?,
+        Some(Some(input)) => {
             let upstream = build_upstream(&state, &repo.id, input, repo.upstream.as_ref())?;
             depot_store::repos::set_upstream(&tx, &repo.id, Some(&upstream)).await?;
         }
@@ -453,4 +507,107 @@ pub async fn delete(
     }
     tracing::info!(repo_id = %repo.id, "repository deleted");
     Ok(HttpResponse::Ok().json(json!({ "success": true })))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Parse a body as `POST /v1/{org}/repos` does, up to the credential.
+    fn upstream_of(raw: &str) -> Result<UpstreamInput, ApiError> {
+        let body: RepoBody = json::from_object(&json::parse_object(raw.as_bytes())?)?;
+        match body.upstream {
+            Some(Some(Object(u))) => parse_upstream(u),
+            other => panic!("no upstream in {raw}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_auth_refusal_names_its_field() {
+        for (auth, field, message) in [
+            (
+                r#"{"kind": "ssh"}"#,
+                "upstream.auth.kind",
+                "upstream.auth.kind must be 'token' or 'username_password'",
+            ),
+            (
+                r#"{"token": "t"}"#,
+                "upstream.auth.kind",
+                "upstream.auth.kind is required",
+            ),
+            (
+                r#"{"kind": "token"}"#,
+                "upstream.auth.token",
+                "upstream.auth.token is required",
+            ),
+            (
+                r#"{"kind": "token", "token": 5}"#,
+                "upstream.auth.token",
+                "upstream.auth.token must be a string",
+            ),
+            (
+                r#"{"kind": "token", "token": "t", "password": "p"}"#,
+                "upstream.auth.password",
+                r#"unknown field "upstream.auth.password""#,
+            ),
+            (
+                r#"{"kind": "username_password", "username": "u", "token_username": "x"}"#,
+                "upstream.auth.token_username",
+                r#"unknown field "upstream.auth.token_username""#,
+            ),
+            (
+                r#"{"kind": "token", "token": ""}"#,
+                "upstream.auth.token",
+                "upstream.auth.token must be 1-4096 characters",
+            ),
+            (
+                r#"["token", "t"]"#,
+                "upstream.auth",
+                "upstream.auth must be an object",
+            ),
+        ] {
+            let raw = format!(r#"{{"upstream": {{"url": "https://h/r", "auth": {auth}}}}}"#);
+            let Err(e) = upstream_of(&raw) else {
+                panic!("{raw} was accepted");
+            };
+            assert_eq!(
+                (
+                    e.details.unwrap()["field"].as_str().unwrap(),
+                    e.message.as_str()
+                ),
+                (field, message),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn auth_is_tri_state_and_each_kind_yields_its_credential() {
+        let url = r#""url": "https://h/r""#;
+        assert!(
+            upstream_of(&format!("{{\"upstream\": {{{url}}}}}"))
+                .unwrap()
+                .auth
+                .is_none()
+        );
+        let cleared = upstream_of(&format!("{{\"upstream\": {{{url}, \"auth\": null}}}}"));
+        assert!(matches!(cleared.unwrap().auth, Some(None)));
+        let token = upstream_of(&format!(
+            r#"{{"upstream": {{{url}, "auth": {{"kind": "token", "token": "t", "token_username": "x"}}}}}}"#
+        ));
+        assert!(matches!(
+            token.unwrap().auth,
+            Some(Some(Credential::Token { token, token_username: Some(user) }))
+                if token == "t" && user == "x"
+        ));
+        let basic = upstream_of(&format!(
+            r#"{{"upstream": {{{url}, "auth": {{"kind": "username_password", "username": "u", "password": "p"}}}}}}"#
+        ));
+        assert!(matches!(
+            basic.unwrap().auth,
+            Some(Some(Credential::UsernamePassword { username, password }))
+                if username == "u" && password == "p"
+        ));
+    }
 }

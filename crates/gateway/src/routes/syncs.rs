@@ -2,12 +2,12 @@
 //! (`docs/api.md`, "Upstream syncs"; `proto-schemas/openapi.yaml`) and its
 //! two read companions.
 
+use super::json_response;
 use super::repos::{is_valid_name, load_repo};
-use super::{json_response, read_body};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorCode};
-use crate::json;
+use crate::json::{self, JsonObject, Object};
 use crate::pagination::{self, PageQuery};
 use crate::views;
 use actix_web::http::StatusCode;
@@ -17,7 +17,8 @@ use depot_domain::ids::{looks_like, new_id};
 use depot_domain::{Direction, RefGlobs, RefGlobsInput, Scope};
 use depot_store::idempotency::{self, Reservation};
 use depot_store::syncs::{Enqueued, Lookup};
-use serde_json::{Map, Value, json};
+use serde::Deserialize;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
@@ -28,27 +29,41 @@ struct SyncRequest {
     globs: RefGlobs,
 }
 
-fn parse_request(body: &Map<String, Value>) -> Result<SyncRequest, ApiError> {
-    json::only_keys(body, &["direction", "ref_globs"], "")?;
-    let direction = json::required_string(body, "direction", "")?;
-    let direction = direction
+/// The body as given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncBody {
+    direction: String,
+    #[serde(default, with = "serde_with::rust::double_option")]
+    ref_globs: Option<Option<Object<GlobsBody>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GlobsBody {
+    #[serde(default, deserialize_with = "json::present")]
+    branches: Option<String>,
+    #[serde(default, deserialize_with = "json::present")]
+    tags: Option<String>,
+}
+
+fn parse_request(body: SyncBody) -> Result<SyncRequest, ApiError> {
+    let direction = body
+        .direction
         .parse::<Direction>()
         .map_err(|_| ApiError::invalid("direction", "direction must be 'pull' or 'push'"))?;
-    let input = match json::object(body, "ref_globs", "")? {
-        json::Field::Absent => None,
-        json::Field::Null => {
+    let input = match body.ref_globs {
+        None => None,
+        Some(None) => {
             return Err(ApiError::invalid(
                 "ref_globs",
                 "ref_globs must be an object; omit it to sync everything",
             ));
         }
-        json::Field::Present(g) => {
-            json::only_keys(g, &["branches", "tags"], "ref_globs")?;
-            Some(RefGlobsInput {
-                branches: json::opt_string(g, "branches", "ref_globs")?,
-                tags: json::opt_string(g, "tags", "ref_globs")?,
-            })
-        }
+        Some(Some(Object(g))) => Some(RefGlobsInput {
+            branches: g.branches,
+            tags: g.tags,
+        }),
     };
     let globs =
         RefGlobs::normalize(input).map_err(|e| ApiError::invalid(e.field(), e.to_string()))?;
@@ -98,22 +113,19 @@ pub async fn create(
     mut caller: Caller,
     req: HttpRequest,
     path: web::Path<(String, String)>,
-    payload: web::Payload,
+    body: JsonObject<SyncBody>,
 ) -> Result<HttpResponse, ApiError> {
     let (org, repo_name) = path.into_inner();
     caller.for_repo(&org, &repo_name, Scope::Write)?;
-    // Not held while the body arrives: a slow client would hold a pool slot.
-    caller.release_db();
-    let body =
-        json::parse_object(&read_body(payload, state.settings.gateway.max_body_bytes).await?)?;
-    let request = parse_request(&body)?;
+    let (body, object) = body.read_with_object(&mut caller).await?;
+    let request = parse_request(body)?;
     let idem_key = idempotency_key(&req)?;
     // The hash covers the target and the body as parsed: key order and
     // blanks do not matter.
     let request_hash = Sha256::digest(
         format!(
             "POST /v1/{org}/{repo_name}/upstream/syncs {}",
-            canonical(&Value::Object(body))
+            canonical(&Value::Object(object))
         )
         .as_bytes(),
     )
@@ -329,11 +341,15 @@ mod tests {
 
     #[test]
     fn requests_are_parsed_strictly() {
-        let body = |s: &str| json::parse_object(s.as_bytes()).unwrap();
-        let r = parse_request(&body(r#"{"direction":"push"}"#)).unwrap();
+        let parse = |s: &str| {
+            json::parse_object(s.as_bytes())
+                .and_then(|o| json::from_object::<SyncBody>(&o))
+                .and_then(parse_request)
+        };
+        let r = parse(r#"{"direction":"push"}"#).unwrap();
         assert_eq!(r.direction, Direction::Push);
         assert_eq!(r.globs, RefGlobs::all());
-        let r = parse_request(&body(r#"{"direction":"pull","ref_globs":{"tags":"v*"}}"#)).unwrap();
+        let r = parse(r#"{"direction":"pull","ref_globs":{"tags":"v*"}}"#).unwrap();
         assert_eq!(r.globs.branches, "");
         for (raw, field) in [
             (r#"{}"#, "direction"),
@@ -355,7 +371,7 @@ mod tests {
                 "ref_globs.heads",
             ),
         ] {
-            let Err(e) = parse_request(&body(raw)) else {
+            let Err(e) = parse(raw) else {
                 panic!("{raw} was accepted");
             };
             assert_eq!(e.details.unwrap()["field"], field, "{raw}");

@@ -1,0 +1,111 @@
+//! Typed calls for the API tests: one method per operation, so a test reads
+//! as what it does (`env.post_sync(&key, "acme/r", Pull)`) instead of a
+//! method, a path and positional options. Repositories are named
+//! `"org/repo"`. Every reply is still checked against the OpenAPI document
+//! ([`TestEnv::api`]); the methods return `(status, body)` for
+//! [`crate::api::assert_error`].
+
+use crate::TestEnv;
+use serde_json::{Value, json};
+
+/// A sync's direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Pull,
+    Push,
+}
+
+pub use Direction::{Pull, Push};
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pull => "pull",
+            Push => "push",
+        }
+    }
+}
+
+impl TestEnv {
+    /// `POST /v1/{org}/repos`.
+    pub async fn post_repo(&self, key: &str, org: &str, body: &Value) -> (u16, Value) {
+        self.api("POST", &format!("/v1/{org}/repos"), Some(key), Some(body))
+            .await
+    }
+
+    /// `POST /v1/{org}/repos` that must succeed; the created repository.
+    pub async fn create_repo(&self, key: &str, org: &str, body: &Value) -> Value {
+        let (status, repo) = self.post_repo(key, org, body).await;
+        assert_eq!(status, 201, "{repo}");
+        repo
+    }
+
+    /// `GET /v1/{org}/{repo}`.
+    pub async fn get_repo(&self, key: &str, repo: &str) -> (u16, Value) {
+        self.api("GET", &format!("/v1/{repo}"), Some(key), None)
+            .await
+    }
+
+    /// `GET /v1/{org}/repos`.
+    pub async fn list_repos(&self, key: &str, org: &str) -> (u16, Value) {
+        self.api("GET", &format!("/v1/{org}/repos"), Some(key), None)
+            .await
+    }
+
+    /// `DELETE /v1/{org}/{repo}`.
+    pub async fn delete_repo(&self, key: &str, repo: &str) -> (u16, Value) {
+        self.api("DELETE", &format!("/v1/{repo}"), Some(key), None)
+            .await
+    }
+
+    /// `POST /v1/{org}/{repo}/upstream/syncs` of every ref.
+    pub async fn post_sync(&self, key: &str, repo: &str, direction: Direction) -> (u16, Value) {
+        self.post_sync_body(key, repo, &json!({"direction": direction.as_str()}))
+            .await
+    }
+
+    /// `POST /v1/{org}/{repo}/upstream/syncs` with `ref_globs`.
+    pub async fn post_sync_globs(
+        &self,
+        key: &str,
+        repo: &str,
+        direction: Direction,
+        ref_globs: Value,
+    ) -> (u16, Value) {
+        let body = json!({"direction": direction.as_str(), "ref_globs": ref_globs});
+        self.post_sync_body(key, repo, &body).await
+    }
+
+    /// `POST /v1/{org}/{repo}/upstream/syncs` with any body.
+    pub async fn post_sync_body(&self, key: &str, repo: &str, body: &Value) -> (u16, Value) {
+        self.api(
+            "POST",
+            &format!("/v1/{repo}/upstream/syncs"),
+            Some(key),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `GET /v1/{org}/{repo}/upstream/syncs/{id}`.
+    pub async fn get_sync(&self, key: &str, repo: &str, id: &str) -> (u16, Value) {
+        self.api(
+            "GET",
+            &format!("/v1/{repo}/upstream/syncs/{id}"),
+            Some(key),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/{org}/{repo}/upstream/syncs`.
+    pub async fn list_syncs(&self, key: &str, repo: &str) -> (u16, Value) {
+        self.api(
+            "GET",
+            &format!("/v1/{repo}/upstream/syncs"),
+            Some(key),
+            None,
+        )
+        .await
+    }
+}
