@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use depot_domain::{Outcome, RefGlobs, RefMatcher};
 use depot_gitsync::{Credentials, Net, RunSpec, SyncError, USER_AGENT, ensure_repo, pull, push};
 use depot_testkit::fixture::{WorkRepo, git_command, list_refs};
-use depot_testkit::{ConnectProxy, GitHttpServer, Hostile};
+use depot_testkit::{ConnectProxy, GitHttpServer, Hostile, TestCa, TlsFront};
 
 struct Env {
     tmp: tempfile::TempDir,
@@ -473,4 +473,86 @@ fn a_reused_connection_dropped_before_its_answer_is_retried_once_fresh() {
         stats.iter().any(|s| s.outcome == Outcome::Updated),
         "{stats:?}"
     );
+}
+
+/// An https front (certificate of a per-test CA for `upstream.test`) before
+/// the env's server.
+fn https_front(e: &Env) -> (TestCa, TlsFront, String) {
+    let ca = TestCa::new(e.tmp.path()).unwrap();
+    let front = TlsFront::start(e.server.addr(), &ca, &["upstream.test"]).unwrap();
+    let url = front.repo_url("upstream.test", "up");
+    (ca, front, url)
+}
+
+#[test]
+fn the_ca_file_makes_an_https_pull_succeed() {
+    let e = env();
+    seed(&e);
+    let (ca, front, url) = https_front(&e);
+    let net = Net {
+        ca_file: Some(ca.pem_file().to_owned()),
+        ..loopback()
+    };
+    let stats = pull(&spec(&e, &url, &net)).unwrap();
+    assert_eq!(stats.len(), 1);
+    assert!(front.handshakes() >= 1);
+    assert_eq!(
+        list_refs(&e.hosted).unwrap(),
+        list_refs(&e.upstream).unwrap()
+    );
+}
+
+#[test]
+fn an_https_upstream_of_an_unknown_ca_fails_with_certificate_invalid() {
+    let e = env();
+    seed(&e);
+    let (_ca, front, url) = https_front(&e);
+    let net = loopback();
+    assert_eq!(
+        pull(&spec(&e, &url, &net)),
+        Err(SyncError::Permanent("certificate_invalid".into()))
+    );
+    assert_eq!(front.handshakes(), 0);
+    assert_eq!(e.server.request_count(), 0);
+}
+
+#[test]
+fn an_https_certificate_for_another_name_fails_with_certificate_invalid() {
+    let e = env();
+    seed(&e);
+    let (ca, front, _) = https_front(&e);
+    // Same address, same CA, but the URL names a host the certificate
+    // does not: the host name is verified although the address is pinned.
+    let url = front.repo_url("other.test", "up");
+    let net = Net {
+        ca_file: Some(ca.pem_file().to_owned()),
+        ..loopback()
+    };
+    assert_eq!(
+        pull(&spec(&e, &url, &net)),
+        Err(SyncError::Permanent("certificate_invalid".into()))
+    );
+    assert_eq!(e.server.request_count(), 0);
+}
+
+#[test]
+fn https_through_a_proxy_tunnels_to_the_pinned_address() {
+    let e = env();
+    seed(&e);
+    let (ca, front, url) = https_front(&e);
+    let proxy = ConnectProxy::start().unwrap();
+    let net = Net {
+        ca_file: Some(ca.pem_file().to_owned()),
+        proxy: Some(proxy.url()),
+        ..loopback()
+    };
+    let stats = pull(&spec(&e, &url, &net)).unwrap();
+    assert_eq!(stats.len(), 1);
+    let targets = proxy.targets();
+    assert!(!targets.is_empty());
+    // The policy's address of the target, never its name nor the proxy's.
+    let pinned = format!("127.0.0.1:{}", front.addr().port());
+    assert!(targets.iter().all(|t| *t == pinned), "{targets:?}");
+    // TLS ran end to end through the tunnel (the proxy saw no plain HTTP).
+    assert!(front.handshakes() >= 1);
 }

@@ -1,6 +1,7 @@
 //! Test support for Depot Sync: a real git smart-HTTP server on loopback
 //! (`git http-backend` behind a small HTTP server) plus git fixture helpers,
-//! and a TCP proxy that tests cut to partition a process from a service.
+//! a TCP proxy that tests cut to partition a process from a service, and an
+//! https front with a per-test CA.
 //!
 //! Everything shells out to the `git` found on `PATH`, isolated from user and
 //! system configuration so results do not depend on the developer's machine.
@@ -10,7 +11,9 @@ pub mod hostile;
 mod per_repo;
 pub mod proxy;
 mod server;
+pub mod tls;
 
 pub use hostile::{ConnectProxy, DroppingFront, Hostile, SeenRequest};
 pub use proxy::TcpProxy;
 pub use server::{GitHttpServer, GitServerOptions, basic_auth_header};
+pub use tls::{TestCa, TlsFront};
