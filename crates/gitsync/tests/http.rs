@@ -680,7 +680,7 @@ fn deadline_and_cancel_stop_before_network() {
     e.work.push_all_to(&e.hosted).unwrap();
     assert_eq!(push(&s), Err(SyncError::Transient("timeout".into())));
 
-    let cancel = AtomicBool::new(true);
+    let cancel = std::sync::Arc::new(AtomicBool::new(true));
     let mut s = spec(&e, &m);
     s.cancel = Some(&cancel);
     assert_eq!(pull(&s), Err(SyncError::Cancelled));

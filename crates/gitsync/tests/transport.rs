@@ -556,3 +556,61 @@ fn https_through_a_proxy_tunnels_to_the_pinned_address() {
     // TLS ran end to end through the tunnel (the proxy saw no plain HTTP).
     assert!(front.handshakes() >= 1);
 }
+
+/// A run against an upstream in `mode`, with a deadline and stall bound far
+/// away, whose cancel flag is raised once the upstream has the request in
+/// hand: it ends with `Cancelled` within a second of that.
+fn assert_cancel_stops_io(
+    mode: Hostile,
+    direction: fn(&RunSpec<'_>) -> Result<Vec<depot_domain::RefStat>, SyncError>,
+) {
+    let e = env();
+    seed(&e);
+    ensure_repo(&e.hosted).unwrap();
+    e.work.push_all_to(&e.hosted).unwrap();
+    e.server.set_hostile(Some(mode.clone()));
+    let url = e.server.repo_url("up");
+    let net = loopback();
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut s = spec(&e, &url, &net);
+    s.deadline = Instant::now() + Duration::from_secs(120);
+    s.cancel = Some(&cancel);
+    let raised = std::thread::scope(|scope| {
+        let (flag, server, transfer) = (&cancel, &e.server, &net.transfer);
+        let raiser = scope.spawn(move || {
+            // In flight: the upstream has the request, and for a body that
+            // trickles, its first bytes have arrived.
+            let in_flight = || {
+                !server.seen_requests().is_empty()
+                    && (mode != Hostile::DribbledAdvertisement || transfer.bytes_in() > 0)
+            };
+            let until = Instant::now() + Duration::from_secs(10);
+            while !in_flight() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(in_flight(), "the run never got on the wire");
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Instant::now()
+        });
+        assert_eq!(direction(&s), Err(SyncError::Cancelled));
+        let ended = Instant::now();
+        let raised = raiser.join().unwrap();
+        ended.saturating_duration_since(raised)
+    });
+    assert!(raised < Duration::from_secs(1), "{raised:?} after the flag");
+}
+
+#[test]
+fn a_cancelled_pull_stops_waiting_for_an_answer() {
+    assert_cancel_stops_io(Hostile::NeverAnswer, pull);
+}
+
+#[test]
+fn a_cancelled_pull_stops_reading_a_dribbled_body() {
+    assert_cancel_stops_io(Hostile::DribbledAdvertisement, pull);
+}
+
+#[test]
+fn a_cancelled_push_stops_waiting_for_an_answer() {
+    assert_cancel_stops_io(Hostile::NeverAnswer, push);
+}

@@ -375,6 +375,7 @@ struct Upload {
 
 impl Read for Stream {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        self.ctx.check_cancel()?;
         loop {
             match std::mem::replace(&mut self.state, State::Failed) {
                 State::Idle => {
@@ -448,6 +449,7 @@ impl Drop for Stream {
 
 impl Write for Stream {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.ctx.check_cancel()?;
         let mut upload = match std::mem::replace(&mut self.state, State::Failed) {
             State::Idle if self.ex.post.is_some() => self.start_upload()?,
             State::Sending(u) => u,
@@ -689,11 +691,15 @@ impl Read for ReplayBody<'_> {
                 return Ok(0);
             }
             // Waiting on our own side (libgit2 may be building the pack):
-            // bounded by the deadline, not by the wire's stall bound.
+            // bounded by the deadline, not by the wire's stall bound, and
+            // sliced to see the cancel flag.
             let Some(remaining) = self.ctx.remaining() else {
                 return Err(io::ErrorKind::TimedOut.into());
             };
-            match self.rx.recv_timeout(remaining) {
+            if self.ctx.cancelled() {
+                return Err(io::Error::other("cancelled"));
+            }
+            match self.rx.recv_timeout(remaining.min(super::CANCEL_POLL)) {
                 Ok(chunk) if chunk.is_empty() => self.ended = true,
                 Ok(chunk) => {
                     self.ctx
@@ -714,7 +720,7 @@ impl Read for ReplayBody<'_> {
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(io::Error::other("request body abandoned"));
                 }
-                Err(RecvTimeoutError::Timeout) => return Err(io::ErrorKind::TimedOut.into()),
+                Err(RecvTimeoutError::Timeout) => {}
             }
         }
         let n = (self.current.len() - self.pos).min(out.len());
