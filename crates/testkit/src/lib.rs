@@ -7,12 +7,14 @@
 //! system configuration so results do not depend on the developer's machine.
 
 pub mod fixture;
+pub mod framing;
 pub mod hostile;
 mod per_repo;
 pub mod proxy;
 mod server;
 pub mod tls;
 
+pub use framing::{BodyFraming, FramingFront};
 pub use hostile::{ConnectProxy, DroppingFront, Hostile, SeenRequest};
 pub use proxy::TcpProxy;
 pub use server::{GitHttpServer, GitServerOptions, basic_auth_header};

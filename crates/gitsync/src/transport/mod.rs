@@ -137,8 +137,12 @@ impl Net {
 /// scope lives: the most a cancelled run's network I/O goes on.
 pub const CANCEL_POLL: Duration = Duration::from_millis(100);
 
-/// 64 MiB: a 100,000-ref advertisement is about 10 MB.
-pub const DEFAULT_MAX_ADVERTISEMENT_BYTES: u64 = 64 << 20;
+/// 40 MiB: a 100,000-ref advertisement is about 10 MB (twice that with a
+/// peeled line per ref). libgit2 keeps every advertised ref parsed in
+/// memory at about twice its wire size, so this cap is what bounds a
+/// hostile advertisement's cost to the worker (about 85 MiB, within the
+/// 128 MiB a run may grow the worker by; 64 MiB measured 136 MiB).
+pub const DEFAULT_MAX_ADVERTISEMENT_BYTES: u64 = 40 << 20;
 
 /// One run's traffic. Bytes are HTTP body bytes (what libgit2 reads and
 /// writes); connections are TCP connections opened to the upstream (or to
@@ -150,6 +154,8 @@ pub struct Transfer {
     connections: AtomicU64,
     requests: AtomicU64,
     body_writes: AtomicU64,
+    socket_writes: AtomicU64,
+    socket_bytes_out: AtomicU64,
 }
 
 impl Transfer {
@@ -173,6 +179,16 @@ impl Transfer {
     /// `bytes_out`, shows that bodies go out in large writes.
     pub fn body_writes(&self) -> u64 {
         self.body_writes.load(Ordering::Relaxed)
+    }
+    /// Writes handed to the connection (to the TLS layer for https), and
+    /// the bytes they carried, request heads included: how large the writes
+    /// on the wire are. (ureq frames a chunked body as 10 KiB HTTP chunks,
+    /// fixed in ureq-proto; many of them go out in one write.)
+    pub fn socket_writes(&self) -> (u64, u64) {
+        (
+            self.socket_writes.load(Ordering::Relaxed),
+            self.socket_bytes_out.load(Ordering::Relaxed),
+        )
     }
 }
 
