@@ -56,6 +56,7 @@ INC_PULLS = env_int("BENCH_INC_PULLS", 300)
 INC_PUSHES = env_int("BENCH_INC_PUSHES", 100)
 INC_REFS = env_int("BENCH_INC_REFS", 1000)
 INC_COMMITS = env_int("BENCH_INC_COMMITS", 2000)
+INC_STEP = 10  # commits of one incremental pull or push of the large repository (8a, 8b)
 INC_WINDOW = 10  # syncs at each end of the incremental series whose medians are compared
 PHASES = ("polling", "enqueue", "large", "noop", "incremental", "scaling")
 ONLY = os.environ.get("BENCH_ONLY", "polling,enqueue,large,incremental,scaling").split(",")

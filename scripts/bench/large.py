@@ -1,4 +1,5 @@
-"""Phase 3/4: the large repository: first pull (3a), no-op re-syncs (3b, 3c, also alone as `noop`), pushes (4, 4')."""
+"""Phase 3/4/8: the large repository: first pull (3a), no-op re-syncs (3b, 3c, also alone as `noop`), pushes (4,
+4'), and incremental pulls and pushes of 10 commits on one branch (8a, 8b) with both ref counts."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ class Large:
         # Same history, 1,001 refs: the transfer cost apart from the ref count.
         medium_mirror = os.path.join(base, "medium-mirror.git")
         t_mclone, rss_mclone = timed_rss(["git", "clone", "--mirror", "--quiet", self.url("medium"), medium_mirror])
-        self.create_repo("medium", "medium")
+        self.large_repos = {"medium": self.create_repo("medium", "medium")}
         # One attempt: a failing run is reported as such instead of being
         # retried with backoff for minutes.
         [w] = self.start_workers(1, DEPOT__WORKER__MAX_ATTEMPTS="1")
@@ -40,6 +41,7 @@ class Large:
         """3a and 6a'/6a'': the pull of the large repository into a fresh
         hosted one, by worker `w`."""
         repo = self.create_repo("large", "large")
+        self.large_repos = {**getattr(self, "large_repos", {}), "large": repo}
         log("3. large pull: depot pull sync")
         t_pull, s = self.timed_sync("large", "pull", LARGE_LIMIT)
         peak = w.status_kb("VmHWM")
@@ -92,6 +94,9 @@ class Large:
         assert self.api
         self.noop_resyncs(mirror)
 
+        self.incremental_pull("large", mirror, self.large_refs)
+        self.incremental_pull("medium", medium_mirror, MEDIUM_REFS)
+
         log("4. push sync to an empty upstream vs git push --mirror")
         t_gpush = timed(["git", "--git-dir", mirror, "push", "--mirror", "--quiet", self.url("push-git")])
         self.api.must("PATCH", f"/v1/{ORG}/large", {"upstream": {"url": self.url("push-depot")}})
@@ -108,10 +113,46 @@ class Large:
         t_pm, s = self.timed_sync("medium", "push", LARGE_LIMIT)
         self.sync_row(f"4'. push sync, same history with {MEDIUM_REFS} refs, to an empty upstream", t_pm, s,
                       "git push --mirror of it, same server", t_gm)
+        self.incremental_push("large", mirror, "push-git", self.large_refs)
+        self.incremental_push("medium", medium_mirror, "push-git-medium", MEDIUM_REFS)
         for p in self.workers:
             self.log_summary(p, "large/medium pull and push")
         self.stop_workers()
         self.stop_gateway()
+
+    def incremental_pull(self, name: str, mirror: str, refs: int) -> None:
+        """8a: 10 new commits on main upstream, one pull sync; baseline: `git
+        fetch` of the same change into git's mirror, right after."""
+        upstream = os.path.join(self.upstream_root, f"{name}.git")
+        for k in range(INC_STEP):
+            add_commit(upstream, "main", 100_000 + k)
+        log(f"8a. incremental pull of {INC_STEP} commits, {refs} refs")
+        t, s = self.timed_sync(name, "pull", LARGE_LIMIT)
+        t_git = timed(["git", "--git-dir", mirror, "fetch", "--quiet", "origin"])
+        if self.sync_row(f"8a. incremental pull of {INC_STEP} commits on one branch, {COMMITS} commits, {refs} refs",
+                         t, s, "git fetch of the same change into a mirror, same server", t_git):
+            self.check_one_updated(s, f"8a ({refs} refs)")
+
+    def incremental_push(self, name: str, mirror: str, git_target: str, refs: int) -> None:
+        """8b: 10 new commits on main of the hosted repository (the same
+        commits in git's mirror), one push sync to the upstream the full push
+        (4, 4') filled; baseline: `git push` of main from the mirror to the
+        upstream its `git push --mirror` filled."""
+        hosted = self.hosted_path(self.large_repos[name])
+        for k in range(INC_STEP):
+            add_commit(hosted, "main", 200_000 + k)
+            add_commit(mirror, "main", 200_000 + k)
+        log(f"8b. incremental push of {INC_STEP} commits, {refs} refs")
+        t, s = self.timed_sync(name, "push", LARGE_LIMIT)
+        t_git = timed(["git", "--git-dir", mirror, "push", "--quiet", self.url(git_target), "refs/heads/main"])
+        if self.sync_row(f"8b. incremental push of {INC_STEP} commits on one branch, {COMMITS} commits, {refs} refs",
+                         t, s, "git push of the same branch from a mirror, same server", t_git):
+            self.check_one_updated(s, f"8b ({refs} refs)")
+
+    def check_one_updated(self, sync: dict, what: str) -> None:
+        updated = sum(1 for r in (sync.get("stats") or {}).get("refs", []) if r.get("outcome") == "updated")
+        if updated != 1:
+            self.notes.append(f"{what}: {updated} refs updated, expected 1")
 
     def bench_noop(self) -> None:
         """3a, 3b, 3c alone (BENCH_ONLY=noop): the large pull, then its no-op

@@ -24,6 +24,7 @@ mod transport;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -82,8 +83,11 @@ pub struct RunSpec<'a> {
     /// Wall-clock cap; network work stops once it has passed
     /// (`Transient("timeout")`).
     pub deadline: Instant,
-    /// Raised on shutdown: stop as soon as possible (`SyncError::Cancelled`).
-    pub cancel: Option<&'a AtomicBool>,
+    /// Raised on shutdown or a lost lease: stop as soon as possible
+    /// (`SyncError::Cancelled`). Shared (an `Arc`) because the transport
+    /// watches it from its own thread, so a run blocked on the network
+    /// stops within [`CANCEL_POLL`](crate::transport::CANCEL_POLL).
+    pub cancel: Option<&'a Arc<AtomicBool>>,
     /// A fetch receiving more than this fails with `Permanent("pack_too_large")`.
     pub max_pack_bytes: Option<u64>,
     /// A run matching more refs than this fails with

@@ -72,7 +72,7 @@ impl<'a> Guard<'a> {
     pub(crate) fn new(spec: &RunSpec<'a>) -> Self {
         Guard {
             deadline: spec.deadline,
-            cancel: spec.cancel,
+            cancel: spec.cancel.map(|c| &**c),
             credentials: spec.credentials,
             max_pack_bytes: spec.max_pack_bytes,
             aborted: Cell::new(None),
@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn guard_reports_cancel_before_deadline() {
-        let flag = std::sync::atomic::AtomicBool::new(false);
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let matcher = depot_domain::RefGlobs::all().compile().unwrap();
         let path = std::path::Path::new("/nonexistent");
         let spec = RunSpec {

@@ -146,7 +146,7 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     if written >= PACK_REFS_AFTER_WRITES {
         // Best effort: the refs are written either way; housekeeping packs
         // them later if this fails (e.g. no git CLI).
-        if let Err(e) = crate::housekeeping::pack_refs(spec.repo_path, spec.cancel) {
+        if let Err(e) = crate::housekeeping::pack_refs(spec.repo_path, spec.cancel.map(|c| &**c)) {
             tracing::warn!(error = %e, "packing refs after the pull failed");
         }
     }

@@ -714,7 +714,7 @@ fn deadline_and_cancel_stop_before_network() {
         Err(SyncError::Transient(FailureCode::Timeout.into()))
     );
 
-    let cancel = AtomicBool::new(true);
+    let cancel = std::sync::Arc::new(AtomicBool::new(true));
     let mut s = spec(&e, &m);
     s.cancel = Some(&cancel);
     assert_eq!(pull(&s), Err(SyncError::Cancelled));

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use depot_domain::{FailureCode, Outcome, RefGlobs, RefMatcher};
 use depot_gitsync::{Credentials, Net, RunSpec, SyncError, USER_AGENT, ensure_repo, pull, push};
 use depot_testkit::fixture::{WorkRepo, git_command, list_refs};
-use depot_testkit::{ConnectProxy, GitHttpServer, Hostile};
+use depot_testkit::{ConnectProxy, GitHttpServer, Hostile, TestCa, TlsFront};
 
 struct Env {
     tmp: tempfile::TempDir,
@@ -286,6 +286,56 @@ fn a_push_streams_its_pack_in_large_writes() {
 }
 
 #[test]
+fn a_push_goes_out_in_socket_writes_of_at_least_64_kib() {
+    let e = env();
+    seed(&e);
+    commit_big_file(&e.work, 8 << 20);
+    ensure_repo(&e.hosted).unwrap();
+    e.work.push_all_to(&e.hosted).unwrap();
+    let url = e.server.repo_url("up");
+    let net = loopback();
+    push(&spec(&e, &url, &net)).unwrap();
+    let (writes, bytes) = net.transfer.socket_writes();
+    assert!(bytes > 8 << 20, "{bytes}");
+    // Request heads and the small exchanges are a handful of writes.
+    assert!(
+        bytes / writes >= 64 * 1024,
+        "{writes} writes for {bytes} bytes"
+    );
+}
+
+#[test]
+fn a_push_body_has_no_small_http_chunks() {
+    let e = env();
+    seed(&e);
+    commit_big_file(&e.work, 8 << 20);
+    ensure_repo(&e.hosted).unwrap();
+    e.work.push_all_to(&e.hosted).unwrap();
+    let front = depot_testkit::FramingFront::start(e.server.addr()).unwrap();
+    let url = format!("http://{}/up.git", front.addr());
+    let net = loopback();
+    let stats = push(&spec(&e, &url, &net)).unwrap();
+    assert!(stats.iter().all(|s| s.outcome == Outcome::Updated));
+    let bodies = front.bodies();
+    let pack = bodies
+        .iter()
+        .find(|b| b.request == "POST /up.git/git-receive-pack")
+        .unwrap_or_else(|| panic!("no receive-pack body: {bodies:?}"));
+    let total: u64 = pack.chunks.iter().sum();
+    assert!(total > 8 << 20, "{total}");
+    // Every chunk but the body's last is full size: ureq frames a body as
+    // 10 KiB chunks (fixed in ureq-proto), the end of each 128 KiB read as
+    // a shorter one; never libgit2's own small writes.
+    let (_last, rest) = pack.chunks.split_last().unwrap();
+    let small: Vec<_> = rest.iter().filter(|c| **c < 8 * 1024).collect();
+    assert!(
+        small.is_empty(),
+        "small chunks {small:?} of {}",
+        pack.chunks.len()
+    );
+}
+
+#[test]
 fn a_push_of_thousands_of_refs_survives_a_short_keep_alive() {
     let e = start(None, Some(Duration::from_secs(5)));
     seed(&e);
@@ -483,4 +533,144 @@ fn a_reused_connection_dropped_before_its_answer_is_retried_once_fresh() {
         stats.iter().any(|s| s.outcome == Outcome::Updated),
         "{stats:?}"
     );
+}
+
+/// An https front (certificate of a per-test CA for `upstream.test`) before
+/// the env's server.
+fn https_front(e: &Env) -> (TestCa, TlsFront, String) {
+    let ca = TestCa::new(e.tmp.path()).unwrap();
+    let front = TlsFront::start(e.server.addr(), &ca, &["upstream.test"]).unwrap();
+    let url = front.repo_url("upstream.test", "up");
+    (ca, front, url)
+}
+
+#[test]
+fn the_ca_file_makes_an_https_pull_succeed() {
+    let e = env();
+    seed(&e);
+    let (ca, front, url) = https_front(&e);
+    let net = Net {
+        ca_file: Some(ca.pem_file().to_owned()),
+        ..loopback()
+    };
+    let stats = pull(&spec(&e, &url, &net)).unwrap();
+    assert_eq!(stats.len(), 1);
+    assert!(front.handshakes() >= 1);
+    assert_eq!(
+        list_refs(&e.hosted).unwrap(),
+        list_refs(&e.upstream).unwrap()
+    );
+}
+
+#[test]
+fn an_https_upstream_of_an_unknown_ca_fails_with_certificate_invalid() {
+    let e = env();
+    seed(&e);
+    let (_ca, front, url) = https_front(&e);
+    let net = loopback();
+    assert_eq!(
+        pull(&spec(&e, &url, &net)),
+        Err(SyncError::Permanent(FailureCode::CertificateInvalid.into()))
+    );
+    assert_eq!(front.handshakes(), 0);
+    assert_eq!(e.server.request_count(), 0);
+}
+
+#[test]
+fn an_https_certificate_for_another_name_fails_with_certificate_invalid() {
+    let e = env();
+    seed(&e);
+    let (ca, front, _) = https_front(&e);
+    // Same address, same CA, but the URL names a host the certificate
+    // does not: the host name is verified although the address is pinned.
+    let url = front.repo_url("other.test", "up");
+    let net = Net {
+        ca_file: Some(ca.pem_file().to_owned()),
+        ..loopback()
+    };
+    assert_eq!(
+        pull(&spec(&e, &url, &net)),
+        Err(SyncError::Permanent(FailureCode::CertificateInvalid.into()))
+    );
+    assert_eq!(e.server.request_count(), 0);
+}
+
+#[test]
+fn https_through_a_proxy_tunnels_to_the_pinned_address() {
+    let e = env();
+    seed(&e);
+    let (ca, front, url) = https_front(&e);
+    let proxy = ConnectProxy::start().unwrap();
+    let net = Net {
+        ca_file: Some(ca.pem_file().to_owned()),
+        proxy: Some(proxy.url()),
+        ..loopback()
+    };
+    let stats = pull(&spec(&e, &url, &net)).unwrap();
+    assert_eq!(stats.len(), 1);
+    let targets = proxy.targets();
+    assert!(!targets.is_empty());
+    // The policy's address of the target, never its name nor the proxy's.
+    let pinned = format!("127.0.0.1:{}", front.addr().port());
+    assert!(targets.iter().all(|t| *t == pinned), "{targets:?}");
+    // TLS ran end to end through the tunnel (the proxy saw no plain HTTP).
+    assert!(front.handshakes() >= 1);
+}
+
+/// A run against an upstream in `mode`, with a deadline and stall bound far
+/// away, whose cancel flag is raised once the upstream has the request in
+/// hand: it ends with `Cancelled` within a second of that.
+fn assert_cancel_stops_io(
+    mode: Hostile,
+    direction: fn(&RunSpec<'_>) -> Result<Vec<depot_domain::RefStat>, SyncError>,
+) {
+    let e = env();
+    seed(&e);
+    ensure_repo(&e.hosted).unwrap();
+    e.work.push_all_to(&e.hosted).unwrap();
+    e.server.set_hostile(Some(mode.clone()));
+    let url = e.server.repo_url("up");
+    let net = loopback();
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut s = spec(&e, &url, &net);
+    s.deadline = Instant::now() + Duration::from_secs(120);
+    s.cancel = Some(&cancel);
+    let raised = std::thread::scope(|scope| {
+        let (flag, server, transfer) = (&cancel, &e.server, &net.transfer);
+        let raiser = scope.spawn(move || {
+            // In flight: the upstream has the request, and for a body that
+            // trickles, its first bytes have arrived.
+            let in_flight = || {
+                !server.seen_requests().is_empty()
+                    && (mode != Hostile::DribbledAdvertisement || transfer.bytes_in() > 0)
+            };
+            let until = Instant::now() + Duration::from_secs(10);
+            while !in_flight() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(in_flight(), "the run never got on the wire");
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            Instant::now()
+        });
+        assert_eq!(direction(&s), Err(SyncError::Cancelled));
+        let ended = Instant::now();
+        let raised = raiser.join().unwrap();
+        ended.saturating_duration_since(raised)
+    });
+    assert!(raised < Duration::from_secs(1), "{raised:?} after the flag");
+}
+
+#[test]
+fn a_cancelled_pull_stops_waiting_for_an_answer() {
+    assert_cancel_stops_io(Hostile::NeverAnswer, pull);
+}
+
+#[test]
+fn a_cancelled_pull_stops_reading_a_dribbled_body() {
+    assert_cancel_stops_io(Hostile::DribbledAdvertisement, pull);
+}
+
+#[test]
+fn a_cancelled_push_stops_waiting_for_an_answer() {
+    assert_cancel_stops_io(Hostile::NeverAnswer, push);
 }

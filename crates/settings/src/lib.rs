@@ -87,7 +87,7 @@ allow_private_networks = false
 timeout_seconds = 600
 max_pack_bytes = 2147483648
 max_refs = 100000
-max_advertisement_bytes = 67108864
+max_advertisement_bytes = 41943040
 stall_timeout_seconds = 60
 
 [webhooks]

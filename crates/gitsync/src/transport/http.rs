@@ -254,7 +254,7 @@ struct Counting<C> {
 }
 
 impl<C: Connector<()>> Connector<()> for Counting<C> {
-    type Out = C::Out;
+    type Out = CountedTransport<C::Out>;
 
     fn connect(
         &self,
@@ -262,10 +262,46 @@ impl<C: Connector<()>> Connector<()> for Counting<C> {
         chained: Option<()>,
     ) -> Result<Option<Self::Out>, ureq::Error> {
         let out = self.inner.connect(details, chained)?;
-        if out.is_some() {
+        Ok(out.map(|inner| {
             self.transfer.connections.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(out)
+            CountedTransport {
+                inner,
+                transfer: Arc::clone(&self.transfer),
+            }
+        }))
+    }
+}
+
+/// A connection counting its writes (see [`Transfer::socket_writes`]).
+#[derive(Debug)]
+struct CountedTransport<T> {
+    inner: T,
+    transfer: Arc<Transfer>,
+}
+
+impl<T: Transport> Transport for CountedTransport<T> {
+    fn buffers(&mut self) -> &mut dyn ureq::unversioned::transport::Buffers {
+        self.inner.buffers()
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        self.transfer.socket_writes.fetch_add(1, Ordering::Relaxed);
+        self.transfer
+            .socket_bytes_out
+            .fetch_add(amount as u64, Ordering::Relaxed);
+        self.inner.transmit_output(amount, timeout)
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        self.inner.await_input(timeout)
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.inner.is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.inner.is_tls()
     }
 }
 
@@ -376,6 +412,7 @@ struct Upload {
 
 impl Read for Stream {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        self.ctx.check_cancel()?;
         loop {
             match std::mem::replace(&mut self.state, State::Failed) {
                 State::Idle => {
@@ -455,6 +492,7 @@ impl Drop for Stream {
 
 impl Write for Stream {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.ctx.check_cancel()?;
         let mut upload = match std::mem::replace(&mut self.state, State::Failed) {
             State::Idle if self.ex.post.is_some() => self.start_upload()?,
             State::Sending(u) => u,
@@ -691,16 +729,44 @@ impl Read for ReplayBody<'_> {
             }
             self.replay = None;
         }
-        while self.pos == self.current.len() {
+        // Fill `out` whole, across libgit2's chunks: the HTTP client frames
+        // each read as one chunk on the wire, so a short read in the middle
+        // of the body would go out as a small write.
+        let mut filled = 0;
+        while filled < out.len() {
+            if self.pos == self.current.len() && !self.next_chunk()? {
+                break;
+            }
+            let n = (self.current.len() - self.pos).min(out.len() - filled);
+            out[filled..filled + n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+            self.pos += n;
+            filled += n;
+        }
+        self.ctx
+            .transfer
+            .bytes_out
+            .fetch_add(filled as u64, Ordering::Relaxed);
+        Ok(filled)
+    }
+}
+
+impl ReplayBody<'_> {
+    /// Wait for libgit2's next chunk; false once the body has ended.
+    fn next_chunk(&mut self) -> io::Result<bool> {
+        loop {
             if self.ended {
-                return Ok(0);
+                return Ok(false);
             }
             // Waiting on our own side (libgit2 may be building the pack):
-            // bounded by the deadline, not by the wire's stall bound.
+            // bounded by the deadline, not by the wire's stall bound, and
+            // sliced to see the cancel flag.
             let Some(remaining) = self.ctx.remaining() else {
                 return Err(io::ErrorKind::TimedOut.into());
             };
-            match self.rx.recv_timeout(remaining) {
+            if self.ctx.cancelled() {
+                return Err(io::Error::other("cancelled"));
+            }
+            match self.rx.recv_timeout(remaining.min(super::CANCEL_POLL)) {
                 Ok(chunk) if chunk.is_empty() => self.ended = true,
                 Ok(chunk) => {
                     self.ctx
@@ -717,21 +783,14 @@ impl Read for ReplayBody<'_> {
                     }
                     self.current = chunk;
                     self.pos = 0;
+                    return Ok(true);
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(io::Error::other("request body abandoned"));
                 }
-                Err(RecvTimeoutError::Timeout) => return Err(io::ErrorKind::TimedOut.into()),
+                Err(RecvTimeoutError::Timeout) => {}
             }
         }
-        let n = (self.current.len() - self.pos).min(out.len());
-        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        self.ctx
-            .transfer
-            .bytes_out
-            .fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
     }
 }
 

@@ -18,6 +18,12 @@
 //! - **Bounded time.** Every request carries the run's remaining time as
 //!   ureq's global timeout (connect, send, headers and body together) and
 //!   the stall bound as its per-read and per-write timeout.
+//! - **Cancellable.** While a run's scope lives, a watcher thread looks at
+//!   the run's cancel flag every [`CANCEL_POLL`]; once it is raised the
+//!   run's failure becomes `Cancelled` and the run's agent is shut down,
+//!   which interrupts every read, write and connect blocked on its sockets
+//!   (on libgit2's thread and on the `POST` sender thread alike), and
+//!   every stream call after that fails at once.
 //! - **Bounded bytes.** Advertisements (and push reports) beyond
 //!   [`Net::max_advertisement_bytes`], and fetch responses beyond the run's
 //!   pack cap, fail the run as soon as the cap is crossed; nothing here
@@ -45,7 +51,9 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::SyncError;
@@ -104,8 +112,16 @@ impl Net {
     }
 }
 
-/// 64 MiB: a 100,000-ref advertisement is about 10 MB.
-pub const DEFAULT_MAX_ADVERTISEMENT_BYTES: u64 = 64 << 20;
+/// How often a run's cancel flag is looked at while the run's transport
+/// scope lives: the most a cancelled run's network I/O goes on.
+pub const CANCEL_POLL: Duration = Duration::from_millis(100);
+
+/// 40 MiB: a 100,000-ref advertisement is about 10 MB (twice that with a
+/// peeled line per ref). libgit2 keeps every advertised ref parsed in
+/// memory at about twice its wire size, so this cap is what bounds a
+/// hostile advertisement's cost to the worker (about 85 MiB, within the
+/// 128 MiB a run may grow the worker by; 64 MiB measured 136 MiB).
+pub const DEFAULT_MAX_ADVERTISEMENT_BYTES: u64 = 40 << 20;
 
 /// One run's traffic. Bytes are HTTP body bytes (what libgit2 reads and
 /// writes); connections are TCP connections opened to the upstream (or to
@@ -117,6 +133,8 @@ pub struct Transfer {
     connections: AtomicU64,
     requests: AtomicU64,
     body_writes: AtomicU64,
+    socket_writes: AtomicU64,
+    socket_bytes_out: AtomicU64,
 }
 
 impl Transfer {
@@ -140,6 +158,16 @@ impl Transfer {
     /// `bytes_out`, shows that bodies go out in large writes.
     pub fn body_writes(&self) -> u64 {
         self.body_writes.load(Ordering::Relaxed)
+    }
+    /// Writes handed to the connection (to the TLS layer for https), and
+    /// the bytes they carried, request heads included: how large the writes
+    /// on the wire are. (ureq frames a chunked body as 10 KiB HTTP chunks,
+    /// fixed in ureq-proto; many of them go out in one write.)
+    pub fn socket_writes(&self) -> (u64, u64) {
+        (
+            self.socket_writes.load(Ordering::Relaxed),
+            self.socket_bytes_out.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -175,6 +203,8 @@ pub(crate) struct RunCtx {
     /// sent twice.
     send_credential: AtomicBool,
     agent: ureq::Agent,
+    /// The run's cancel flag (see the module's invariants).
+    cancel: Option<Arc<AtomicBool>>,
     transfer: Arc<Transfer>,
     failure: Mutex<Option<SyncError>>,
 }
@@ -192,6 +222,7 @@ impl RunCtx {
             credential: spec.credentials.map(basic_pair),
             send_credential: AtomicBool::new(false),
             agent,
+            cancel: spec.cancel.cloned(),
             transfer: Arc::clone(&spec.net.transfer),
             failure: Mutex::new(None),
         })
@@ -200,6 +231,12 @@ impl RunCtx {
     /// Record why the transport failed (the first reason wins) and build
     /// the error libgit2 gets.
     pub(crate) fn fail(&self, err: SyncError) -> std::io::Error {
+        // Whatever broke after the flag was raised is its consequence.
+        let err = if self.cancelled() {
+            SyncError::Cancelled
+        } else {
+            err
+        };
         let code = err.to_string();
         if let Ok(mut slot) = self.failure.lock()
             && slot.is_none()
@@ -211,6 +248,21 @@ impl RunCtx {
 
     pub(crate) fn failure(&self) -> Option<SyncError> {
         self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    pub(crate) fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    /// Fail with `Cancelled` if the run's cancel flag is raised.
+    pub(crate) fn check_cancel(&self) -> std::io::Result<()> {
+        if self.cancelled() {
+            Err(self.fail(SyncError::Cancelled))
+        } else {
+            Ok(())
+        }
     }
 
     fn remaining(&self) -> Option<Duration> {
@@ -242,6 +294,9 @@ thread_local! {
 pub(crate) struct Scope {
     ctx: Arc<RunCtx>,
     previous: Option<Arc<RunCtx>>,
+    /// Dropped to end the cancel watcher.
+    watching: Option<Sender<()>>,
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl Scope {
@@ -252,8 +307,25 @@ impl Scope {
             return Err(SyncError::of(FailureCode::TransportUnavailable));
         }
         let ctx = Arc::new(RunCtx::new(spec)?);
+        let (watching, watcher) = match ctx.cancel.is_some() {
+            true => {
+                let (tx, rx) = channel();
+                let watched = Arc::clone(&ctx);
+                let thread = std::thread::Builder::new()
+                    .name("git-run-cancel".into())
+                    .spawn(move || watch_cancel(&watched, &rx))
+                    .map_err(|_| SyncError::of(FailureCode::InternalError))?;
+                (Some(tx), Some(thread))
+            }
+            false => (None, None),
+        };
         let previous = CURRENT.with(|c| c.replace(Some(Arc::clone(&ctx))));
-        Ok(Scope { ctx, previous })
+        Ok(Scope {
+            ctx,
+            previous,
+            watching,
+            watcher,
+        })
     }
 
     pub(crate) fn failure(&self) -> Option<SyncError> {
@@ -265,6 +337,27 @@ impl Drop for Scope {
     fn drop(&mut self) {
         let previous = self.previous.take();
         CURRENT.with(|c| *c.borrow_mut() = previous);
+        // The watcher wakes at once on the closed channel.
+        self.watching = None;
+        if let Some(t) = self.watcher.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Until the scope ends: once the run is cancelled, record it and shut the
+/// run's agent down (interrupting its blocked I/O).
+fn watch_cancel(ctx: &RunCtx, scope_alive: &std::sync::mpsc::Receiver<()>) {
+    loop {
+        match scope_alive.recv_timeout(CANCEL_POLL) {
+            Err(RecvTimeoutError::Timeout) if ctx.cancelled() => {
+                let _ = ctx.fail(SyncError::Cancelled);
+                ctx.agent.clone().shutdown();
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
     }
 }
 
