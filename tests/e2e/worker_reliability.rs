@@ -264,18 +264,18 @@ async fn a_sync_released_at_shutdown_never_meets_a_young_lock_of_its_last_run() 
     env.cleanup().await.unwrap();
 }
 
-/// Item 4, a git thread that cannot stop in time: its run is stuck reading
-/// a paced ref advertisement (no libgit2 callback runs meanwhile, so it
-/// never sees its cancel flag) past `worker.grace_seconds` plus the 2 s
-/// abandon bound. Whatever that thread may have written until the process
-/// exited, the sync is not claimed again before it is half a lease old,
-/// the age at which the next pull removes a stale `.lock`: the released
-/// sync shows that in `next_attempt_at`, the next attempt starts no
-/// earlier, and it completes without `lock_contention`.
+/// Item 4, a git thread that cannot stop in time: the network part of a run
+/// stops on its cancel flag (the transport watches it), so the run is made
+/// to hang where nothing can interrupt it, on storage: the hosted
+/// repository's `objects/info/alternates` is a FIFO nobody writes, and
+/// libgit2's `open(2)` of it blocks, as a read from a hung disk or NFS
+/// mount would, past `worker.grace_seconds` plus the 2 s abandon bound.
+/// Whatever that thread may have written until the process exited, the
+/// sync is not claimed again before it is half a lease old, the age at
+/// which the next pull removes a stale `.lock`: the released sync shows
+/// that in `next_attempt_at`, the next attempt starts no earlier, and it
+/// completes without `lock_contention`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a run stuck outside the network: since the transport watches the cancel flag \
-            (issue 12), a paced upstream no longer keeps the git thread past the abandon bound, \
-            so this setup cannot reach the abandoned path"]
 async fn a_sync_abandoned_at_shutdown_is_claimed_again_only_once_its_locks_are_stale() {
     const LEASE_SECONDS: f64 = 10.0;
     let up = Upstream::start("project").unwrap();
@@ -295,10 +295,30 @@ async fn a_sync_abandoned_at_shutdown_is_claimed_again_only_once_its_locks_are_s
     .await
     .unwrap();
     let key = env.org_and_key(ORG, "read,write").unwrap();
-    create_repo(&env, &key, "mirror", &up, None).await.unwrap();
-    // About 30 s for the few hundred bytes of the advertisement: far past
-    // grace + abandon bound, yet the link never stalls.
-    up.server.set_pace(Some(10));
+    let repo_id = create_repo(&env, &key, "mirror", &up, None).await.unwrap();
+    // A first pull creates the hosted repository the fault goes into.
+    let first = post_sync(&env, &key, "mirror", json!({"direction": "pull"}))
+        .await
+        .unwrap();
+    let first = env
+        .wait_for_sync(&key, ORG, "mirror", first["id"].as_str().unwrap(), SYNC_LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(first["status"], "completed", "{first}");
+    let fifo = env
+        .hosted_repo_path(&repo_id)
+        .await
+        .unwrap()
+        .join("objects/info/alternates");
+    std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    up.work.commit("main", "m2").unwrap();
+    up.publish().unwrap();
+
     let before = up.server.request_count();
     let sync = post_sync(&env, &key, "mirror", json!({"direction": "pull"}))
         .await
@@ -358,7 +378,8 @@ async fn a_sync_abandoned_at_shutdown_is_claimed_again_only_once_its_locks_are_s
         LEASE_SECONDS / 2.0
     );
 
-    up.server.set_pace(None);
+    // The storage recovers: the next attempt may run.
+    std::fs::remove_file(&fifo).unwrap();
     env.start_worker().unwrap();
     let done = env
         .wait_for_sync(&key, ORG, "mirror", &id, SYNC_LIMIT)
