@@ -41,9 +41,9 @@ pub(crate) enum RunOutcome {
     /// Shutdown or lost lease, the git thread stopped: give the sync back
     /// without judging it.
     Released,
-    /// Shutdown or lost lease, and the git thread did not stop in time (it
-    /// waits on the network, and sees its cancel flag only in libgit2's
-    /// callbacks): give the sync back, but not to be claimed before the
+    /// Shutdown or lost lease, and the git thread did not stop in time (the
+    /// transport stops network I/O on the cancel flag, so this is a thread
+    /// stuck elsewhere, e.g. on hung storage): give the sync back, but not to be claimed before the
     /// thread's last possible write is older than the stale-lock age the
     /// next run clears (see [`RetryPolicy::abandoned_delay`]).
     Abandoned,
