@@ -30,7 +30,9 @@ fn status_mib(pid: i32, field: &str) -> u64 {
 }
 
 async fn env_with(extra: &[(&str, &str)]) -> TestEnv {
-    TestEnv::start(EnvOptions::with_env(extra, 1)).await.unwrap()
+    TestEnv::start(EnvOptions::with_env(extra, 1))
+        .await
+        .unwrap()
 }
 
 /// A warm-up pull of a small repository (the worker's first sync sets up

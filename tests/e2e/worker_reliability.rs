@@ -301,7 +301,13 @@ async fn a_sync_abandoned_at_shutdown_is_claimed_again_only_once_its_locks_are_s
         .await
         .unwrap();
     let first = env
-        .wait_for_sync(&key, ORG, "mirror", first["id"].as_str().unwrap(), SYNC_LIMIT)
+        .wait_for_sync(
+            &key,
+            ORG,
+            "mirror",
+            first["id"].as_str().unwrap(),
+            SYNC_LIMIT,
+        )
         .await
         .unwrap();
     assert_eq!(first["status"], "completed", "{first}");
