@@ -6,11 +6,13 @@
 pub mod auth;
 pub mod credential_cache;
 pub mod credential_listener;
+pub mod enqueue;
 pub mod error;
 pub mod json;
 pub mod metrics;
 pub mod pagination;
 pub mod policy;
+pub mod publisher;
 pub mod routes;
 pub mod token;
 pub mod views;
@@ -28,6 +30,8 @@ use std::sync::Arc;
 pub struct AppState {
     pub pool: Pool,
     pub broker: Arc<BrokerHandle>,
+    /// Publishes accepted syncs' jobs off the request path.
+    pub publisher: publisher::Publisher,
     pub credential_key: CredentialKey,
     pub credentials: Arc<credential_cache::CredentialCache>,
     pub settings: Settings,
@@ -62,9 +66,11 @@ impl Application {
         let workers = settings.gateway.workers;
         let shutdown_seconds = settings.gateway.shutdown_seconds;
         let openapi = web::Data::new(routes::openapi::OpenApiDoc::load()?);
+        let publisher = publisher::Publisher::spawn(pool.clone(), broker.clone());
         let state = web::Data::new(AppState {
             pool,
             broker,
+            publisher,
             credential_key: CredentialKey::new(&key),
             credentials,
             settings,

@@ -23,6 +23,19 @@ pub async fn mark_published(client: &impl GenericClient, id: i64) -> Result<()> 
     Ok(())
 }
 
+/// The broker confirmed these rows' messages: mark them and their syncs
+/// published, one statement for the whole batch (the gateway's publisher).
+pub async fn mark_published_batch(client: &impl GenericClient, ids: &[i64]) -> Result<u64> {
+    let stmt = client
+        .prepare_cached(
+            "WITH o AS (UPDATE outbox SET published_at = now()
+                        WHERE id = ANY($1) AND published_at IS NULL RETURNING sync_id)
+             UPDATE syncs SET published_at = now() FROM o WHERE syncs.id = o.sync_id",
+        )
+        .await?;
+    Ok(client.execute(&stmt, &[&ids]).await?)
+}
+
 #[derive(Debug, Clone)]
 pub struct Pending {
     pub id: i64,

@@ -129,6 +129,117 @@ pub async fn enqueue(
     }
 }
 
+/// What [`create_queued`] did.
+// Made once per POST and matched at once, as [`Enqueued`].
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Created {
+    /// The sync and its outbox row are written (commit pending when the
+    /// caller's client is a transaction).
+    Created { sync: SyncRecord, outbox_id: i64 },
+    /// A sync with the same direction and globs is still queued: its id.
+    AlreadyQueued(String),
+    /// No repository of that name in the org (or it was deleted meanwhile).
+    RepoGone,
+    /// The repository has no upstream to sync with.
+    UpstreamNotConfigured,
+}
+
+/// The job message's protobuf field 2 (`repo_id`, a length-delimited
+/// string): key byte 0x12, the length as a varint (one byte below 128, two
+/// below 16384, far above any id), then the bytes. Protobuf decoders merge
+/// concatenated encodings, so the caller's encoding of the rest of the job
+/// followed by this is the whole job: the repo id is known only inside the
+/// statement that finds the repository.
+const REPO_ID_FIELD: &str = "'\\x12'::bytea
+    || CASE WHEN octet_length(ins.repo_id) < 128
+            THEN set_byte('\\x00'::bytea, 0, octet_length(ins.repo_id))
+            ELSE set_byte(set_byte('\\x0000'::bytea, 0, (octet_length(ins.repo_id) & 127) | 128),
+                          1, octet_length(ins.repo_id) >> 7) END
+    || convert_to(ins.repo_id, 'UTF8')";
+
+/// The whole of a POST's domain work in one statement (one round trip):
+/// find the repository by name, check its upstream, look for a queued twin
+/// (`syncs_queued_identity`), insert the sync, and insert its outbox row
+/// whose payload is `job_without_repo` completed with the repository's id
+/// (see [`REPO_ID_FIELD`]). Atomic by itself; inside the caller's
+/// transaction when it has more to write (idempotency).
+pub async fn create_queued(
+    client: &impl GenericClient,
+    org_id: &str,
+    repo_name: &str,
+    id: &str,
+    direction: Direction,
+    globs: &RefGlobs,
+    job_without_repo: &[u8],
+) -> Result<Created> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "WITH r AS (
+                 SELECT r.id, u.repo_id IS NOT NULL AS has_upstream
+                 FROM repos r LEFT JOIN upstreams u ON u.repo_id = r.id
+                 WHERE r.org_id = $1 AND r.name = $2),
+             twin AS (
+                 SELECT s.id FROM r JOIN syncs s ON s.repo_id = r.id
+                 WHERE s.direction = $4 AND s.branches_glob = $5 AND s.tags_glob = $6
+                   AND s.status = 'queued'
+                 ORDER BY s.seq LIMIT 1),
+             ins AS (
+                 INSERT INTO syncs AS s (id, repo_id, direction, branches_glob, tags_glob)
+                 SELECT $3, r.id, $4, $5, $6 FROM r
+                 WHERE r.has_upstream AND NOT EXISTS (SELECT 1 FROM twin)
+                 ON CONFLICT (repo_id, direction, branches_glob, tags_glob)
+                     WHERE status = 'queued' AND attempt = 0 DO NOTHING
+                 RETURNING {COLUMNS}),
+             ob AS (
+                 INSERT INTO outbox (sync_id, payload)
+                 SELECT ins.id, $7::bytea || {REPO_ID_FIELD} FROM ins
+                 RETURNING id)
+             SELECT r.has_upstream, (SELECT id FROM twin) AS twin, (SELECT id FROM ob) AS outbox_id,
+                    ins.*
+             FROM r LEFT JOIN ins ON true"
+        ))
+        .await?;
+    let args: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &org_id,
+        &repo_name,
+        &id,
+        &direction.as_str(),
+        &globs.branches,
+        &globs.tags,
+        &job_without_repo,
+    ];
+    // A concurrent request inserting the same sync makes our insert do
+    // nothing while our snapshot cannot see its row yet: asking again sees
+    // it. Twice more is plenty; the unique index settles every race.
+    for _ in 0..3 {
+        let row = match client.query_opt(&stmt, &args).await {
+            Ok(row) => row,
+            // The repository was deleted between our lookup and the insert.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
+                return Ok(Created::RepoGone);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(row) = row else {
+            return Ok(Created::RepoGone);
+        };
+        if !row.get::<_, bool>("has_upstream") {
+            return Ok(Created::UpstreamNotConfigured);
+        }
+        if let Some(twin) = row.get::<_, Option<String>>("twin") {
+            return Ok(Created::AlreadyQueued(twin));
+        }
+        if let Some(outbox_id) = row.get::<_, Option<i64>>("outbox_id") {
+            return Ok(Created::Created {
+                sync: from_row(&row)?,
+                outbox_id,
+            });
+        }
+    }
+    Err(corrupt("queued sync vanished during enqueue"))
+}
+
 /// What a status poll finds for `(org, repo name, sync id)`.
 #[derive(Debug)]
 pub enum Lookup {

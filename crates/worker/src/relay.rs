@@ -54,9 +54,9 @@ async fn tick(ctx: &Ctx, ticks: u64) -> Result<(), StoreError> {
 }
 
 async fn relay_outbox(ctx: &Ctx) -> Result<(), StoreError> {
-    let Some(broker) = ctx.broker.get() else {
+    if ctx.broker.get().is_none() {
         return Ok(());
-    };
+    }
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;
     let pending = depot_store::outbox::lock_pending(&tx, OUTBOX_MIN_AGE, BATCH).await?;
@@ -69,7 +69,7 @@ async fn relay_outbox(ctx: &Ctx) -> Result<(), StoreError> {
                 continue;
             }
         };
-        match broker.publish(&job).await {
+        match ctx.broker.publish(&job).await {
             Ok(()) => {
                 crate::metrics::relay_published("outbox", true);
                 depot_store::outbox::mark_published(&tx, row.id).await?;
@@ -78,7 +78,6 @@ async fn relay_outbox(ctx: &Ctx) -> Result<(), StoreError> {
             Err(e) => {
                 crate::metrics::relay_published("outbox", false);
                 tracing::warn!(error = %e, "relay publish failed");
-                ctx.broker.report_broken();
                 break;
             }
         }
@@ -88,17 +87,17 @@ async fn relay_outbox(ctx: &Ctx) -> Result<(), StoreError> {
 }
 
 async fn publish_all(ctx: &Ctx, jobs: &[(String, String, i32)], why: &str) {
-    let Some(broker) = ctx.broker.get() else {
-        return;
-    };
     for (sync_id, repo_id, attempt) in jobs {
         let job = depot_broker::job(sync_id, repo_id, *attempt, HashMap::new());
-        if let Err(e) = broker.publish(&job).await {
-            // The sync stays queued; the next lost-message pass tries again.
-            crate::metrics::relay_published(why, false);
-            tracing::warn!(sync_id = %sync_id, error = %e, "re-publish failed");
-            ctx.broker.report_broken();
-            return;
+        match ctx.broker.publish(&job).await {
+            Ok(()) => {}
+            Err(depot_broker::PublishError::Unavailable) => return,
+            Err(e) => {
+                // The sync stays queued; the next lost-message pass tries again.
+                crate::metrics::relay_published(why, false);
+                tracing::warn!(sync_id = %sync_id, error = %e, "re-publish failed");
+                return;
+            }
         }
         crate::metrics::relay_published(why, true);
         tracing::info!(sync_id = %sync_id, why, "re-published job");

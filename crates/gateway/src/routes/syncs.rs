@@ -5,20 +5,18 @@ use super::repos::{is_valid_name, load_repo};
 use super::{json_response, read_body};
 use crate::AppState;
 use crate::auth::Caller;
+use crate::enqueue::{self, Idempotency, Outcome};
 use crate::error::ApiError;
 use crate::json;
 use crate::pagination::{self, PageQuery};
 use crate::views;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use depot_contracts::Message as _;
-use depot_domain::ids::{looks_like, new_id};
+use depot_domain::ids::looks_like;
 use depot_domain::{Direction, RefGlobs, RefGlobsInput, Scope};
-use depot_store::idempotency::{self, Reservation};
-use depot_store::syncs::{Enqueued, Lookup};
+use depot_store::syncs::Lookup;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use std::time::Duration;
 
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
@@ -118,139 +116,68 @@ pub async fn create(
     )
     .to_vec();
 
-    let mut client = caller.db(&state.pool).await?;
-    let tx = client.transaction().await?;
-    if let Some(key) = &idem_key {
-        match idempotency::reserve(
-            &tx,
-            &caller.key.org_id,
-            key,
-            &request_hash,
-            state.settings.gateway.idempotency_retention(),
-        )
-        .await?
-        {
-            Reservation::Fresh => {}
-            Reservation::Replay { status, body } => {
-                let status =
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return Ok(json_response(status, &body));
-            }
-            Reservation::Mismatch | Reservation::InFlight => {
-                return Err(ApiError::conflict(
-                    "IDEMPOTENCY_KEY_REUSED",
-                    "this Idempotency-Key was used with a different request",
-                ));
-            }
-        }
+    if !is_valid_name(&repo_name) {
+        return Err(ApiError::not_found("repository"));
     }
-    let repo = load_repo(&tx, &caller.key.org_id, &repo_name).await?;
-    let outcome: Result<(depot_store::syncs::SyncRecord, i64), ApiError> = async {
-        if repo.upstream.is_none() {
-            return Err(ApiError::conflict(
-                "UPSTREAM_NOT_CONFIGURED",
-                "the repository has no upstream",
-            ));
-        }
-        let sync_id = new_id("sync");
-        match depot_store::syncs::enqueue(
-            &tx,
-            &sync_id,
-            &repo.id,
-            request.direction,
-            &request.globs,
-        )
-        .await
-        .map_err(|e| {
-            // The repo was deleted between our lookup and the insert.
-            if e.sql_state().is_some_and(|s| s.code() == "23503") {
-                ApiError::not_found("repository")
-            } else {
-                ApiError::from(e)
-            }
-        })? {
-            Enqueued::AlreadyQueued(existing) => Err(ApiError::conflict(
-                "SYNC_ALREADY_QUEUED",
-                "an identical sync is already queued; it will see the latest state when it runs",
-            )
-            .with_detail("sync_id", existing)),
-            Enqueued::Created(sync) => {
-                let job = depot_broker::job(
-                    &sync.id,
-                    &sync.repo_id,
-                    sync.attempt,
-                    depot_telemetry::inject_current(),
-                );
-                let outbox_id =
-                    depot_store::outbox::insert(&tx, &sync.id, &job.encode_to_vec()).await?;
-                Ok((sync, outbox_id))
-            }
-        }
-    }
-    .await;
-    let (sync, outbox_id) = match outcome {
-        Ok(created) => created,
-        Err(e) if e.status == StatusCode::CONFLICT => {
-            // A 409 is a final answer too: replay it for the same key.
-            if let Some(key) = &idem_key {
-                idempotency::complete(&tx, &caller.key.org_id, key, 409, &e.body()).await?;
-                tx.commit().await?;
-            }
-            return Err(e);
-        }
-        Err(e) => return Err(e),
+    let idem = idem_key.as_deref().map(|key| Idempotency {
+        key,
+        request_hash: &request_hash,
+        retention: state.settings.gateway.idempotency_retention(),
+    });
+    let enqueue_request = enqueue::Request {
+        org_id: &caller.key.org_id,
+        repo_name: &repo_name,
+        direction: request.direction,
+        globs: &request.globs,
     };
-    let body = views::sync(&sync);
-    if let Some(key) = &idem_key {
-        idempotency::complete(&tx, &caller.key.org_id, key, 201, &body).await?;
+    let outcome = enqueue::enqueue(
+        &state.pool,
+        &state.publisher,
+        &enqueue_request,
+        idem.as_ref(),
+        |outcome| match answer(outcome) {
+            Ok(body) => Some((201, body)),
+            // A 409 is a final answer too: replay it for the same key.
+            Err(e) if e.status == StatusCode::CONFLICT => Some((409, e.body())),
+            Err(_) => None,
+        },
+    )
+    .await?;
+    match outcome {
+        Outcome::Replay { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Ok(json_response(status, &body))
+        }
+        Outcome::KeyReused => Err(ApiError::conflict(
+            "IDEMPOTENCY_KEY_REUSED",
+            "this Idempotency-Key was used with a different request",
+        )),
+        other => {
+            let body = answer(&other)?;
+            Ok(json_response(StatusCode::CREATED, &body))
+        }
     }
-    tx.commit().await?;
-    // Give the connection back before publishing: `publish` takes one of its
-    // own to mark the outbox row, and holding two per request starves the
-    // pool under concurrent POSTs (every request then waits on another).
-    drop(client);
-    tracing::info!(sync_id = %sync.id, repo_id = %sync.repo_id, direction = %sync.direction, "sync enqueued");
-    publish(&state, &sync, outbox_id).await;
-    Ok(json_response(StatusCode::CREATED, &body))
 }
 
-/// Publish right away when the broker is up. Any failure here is not the
-/// client's: the sync is committed with its outbox row, and the relay
-/// publishes rows left unconfirmed.
-async fn publish(state: &AppState, sync: &depot_store::syncs::SyncRecord, outbox_id: i64) {
-    let Some(broker) = state.broker.get() else {
-        tracing::warn!(sync_id = %sync.id, "broker unavailable; the relay will publish the job");
-        return;
-    };
-    let job = depot_broker::job(
-        &sync.id,
-        &sync.repo_id,
-        sync.attempt,
-        depot_telemetry::inject_current(),
-    );
-    match broker.publish(&job).await {
-        Ok(()) => {
-            let marked = async {
-                let client = state.pool.get().await?;
-                depot_store::outbox::mark_published(&client, outbox_id).await
-            };
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), marked)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(depot_store::StoreError::Corrupt(
-                        "timed out marking outbox row".into(),
-                    ))
-                })
-            {
-                // Harmless: the relay publishes again and the worker drops
-                // the duplicate.
-                tracing::warn!(sync_id = %sync.id, error = %e, "could not mark outbox row published");
-            }
-        }
-        Err(e) => {
-            tracing::warn!(sync_id = %sync.id, error = %e, "publish failed; the relay will retry");
-            state.broker.report_broken();
-        }
+/// The answer an outcome of [`enqueue::enqueue`] gets: the 201 body, or the
+/// error.
+fn answer(outcome: &Outcome) -> Result<Value, ApiError> {
+    match outcome {
+        Outcome::Created(sync) => Ok(views::sync(sync)),
+        Outcome::AlreadyQueued(existing) => Err(ApiError::conflict(
+            "SYNC_ALREADY_QUEUED",
+            "an identical sync is already queued; it will see the latest state when it runs",
+        )
+        .with_detail("sync_id", existing.clone())),
+        Outcome::UpstreamNotConfigured => Err(ApiError::conflict(
+            "UPSTREAM_NOT_CONFIGURED",
+            "the repository has no upstream",
+        )),
+        Outcome::RepoGone => Err(ApiError::not_found("repository")),
+        Outcome::Replay { .. } | Outcome::KeyReused => Err(ApiError::conflict(
+            "IDEMPOTENCY_KEY_REUSED",
+            "this Idempotency-Key was used with a different request",
+        )),
     }
 }
 
