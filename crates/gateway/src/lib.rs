@@ -4,6 +4,7 @@
 //! jobs, through the transactional outbox so that none is lost.
 
 pub mod auth;
+pub mod conditional;
 pub mod credential_cache;
 pub mod credential_listener;
 pub mod enqueue;
@@ -14,6 +15,7 @@ pub mod pagination;
 pub mod policy;
 pub mod publisher;
 pub mod routes;
+pub mod sync_watch;
 pub mod token;
 pub mod views;
 
@@ -34,6 +36,8 @@ pub struct AppState {
     pub publisher: publisher::Publisher,
     pub credential_key: CredentialKey,
     pub credentials: Arc<credential_cache::CredentialCache>,
+    /// Sync changes, for the requests held by `Prefer: wait`.
+    pub sync_watch: Arc<sync_watch::SyncWatch>,
     pub settings: Settings,
 }
 
@@ -55,7 +59,8 @@ impl Application {
             .parse()
             .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
         let credentials = Arc::new(credential_cache::CredentialCache::new(&settings.auth));
-        credential_listener::spawn(listener_config, credentials.clone());
+        let sync_watch = sync_watch::SyncWatch::new();
+        credential_listener::spawn(listener_config, credentials.clone(), sync_watch.clone());
         let broker = BrokerHandle::spawn(BrokerOptions::from_settings(
             &settings.amqp,
             "depot-gateway".into(),
@@ -73,6 +78,7 @@ impl Application {
             publisher,
             credential_key: CredentialKey::new(&key),
             credentials,
+            sync_watch,
             settings,
         });
         let mut server = HttpServer::new(move || {

@@ -5,6 +5,7 @@ use super::repos::{is_valid_name, load_repo};
 use super::{json_response, read_body};
 use crate::AppState;
 use crate::auth::Caller;
+use crate::conditional::{self, Representation, Watch};
 use crate::enqueue::{self, Idempotency, Outcome};
 use crate::error::ApiError;
 use crate::json;
@@ -154,6 +155,9 @@ pub async fn create(
         )),
         other => {
             let body = answer(&other)?;
+            if let Outcome::Created(sync) = &other {
+                state.sync_watch.changed_repo(&sync.repo_id);
+            }
             Ok(json_response(StatusCode::CREATED, &body))
         }
     }
@@ -184,6 +188,7 @@ fn answer(outcome: &Outcome) -> Result<Value, ApiError> {
 pub async fn get(
     state: web::Data<AppState>,
     mut caller: Caller,
+    req: HttpRequest,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (org, repo_name, sync_id) = path.into_inner();
@@ -191,7 +196,9 @@ pub async fn get(
     if !is_valid_name(&repo_name) {
         return Err(ApiError::not_found("repository"));
     }
-    let client = caller.db(&state.pool).await?;
+    // Each read takes its own connection (conditional::respond holds none
+    // while waiting).
+    caller.release_db();
     // An id that is not one of ours still needs the repo checked first: a
     // missing repo is reported before a missing sync.
     let sync_id = if looks_like("sync", &sync_id) {
@@ -199,16 +206,25 @@ pub async fn get(
     } else {
         ""
     };
-    match depot_store::syncs::in_repo(&client, &caller.key.org_id, &repo_name, sync_id).await? {
-        Lookup::NoRepo => Err(ApiError::not_found("repository")),
-        Lookup::NoSync => Err(ApiError::not_found("sync")),
-        Lookup::Found(sync) => Ok(HttpResponse::Ok().json(views::sync(&sync))),
-    }
+    let (pool, org_id) = (&state.pool, caller.key.org_id.as_str());
+    let read = || async {
+        let client = pool.get().await?;
+        match depot_store::syncs::in_repo(&client, org_id, &repo_name, sync_id).await? {
+            Lookup::NoRepo => Err(ApiError::not_found("repository")),
+            Lookup::NoSync => Err(ApiError::not_found("sync")),
+            Lookup::Found(sync) => Ok((
+                Representation::json(views::sync(&sync).to_string()),
+                sync.repo_id,
+            )),
+        }
+    };
+    conditional::respond(&state, &req, Watch::Sync(sync_id), read).await
 }
 
 pub async fn list(
     state: web::Data<AppState>,
     mut caller: Caller,
+    req: HttpRequest,
     path: web::Path<(String, String)>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -219,19 +235,25 @@ pub async fn list(
         Some(c) => pagination::decode("s", c)?,
         None => i64::MAX,
     };
-    let client = caller.db(&state.pool).await?;
-    let repo = load_repo(&client, &caller.key.org_id, &repo_name).await?;
-    let mut syncs = depot_store::syncs::list(&client, &repo.id, before, limit + 1).await?;
-    let has_more = syncs.len() as i64 > limit;
-    syncs.truncate(limit as usize);
-    let next_cursor = if has_more {
-        syncs.last().map(|s| pagination::encode("s", s.seq))
-    } else {
-        None
+    caller.release_db();
+    let (pool, org_id) = (&state.pool, caller.key.org_id.as_str());
+    let read = || async {
+        let client = pool.get().await?;
+        let repo = load_repo(&client, org_id, &repo_name).await?;
+        let mut syncs = depot_store::syncs::list(&client, &repo.id, before, limit + 1).await?;
+        drop(client);
+        let has_more = syncs.len() as i64 > limit;
+        syncs.truncate(limit as usize);
+        let next_cursor = if has_more {
+            syncs.last().map(|s| pagination::encode("s", s.seq))
+        } else {
+            None
+        };
+        let items: Vec<Value> = syncs.iter().map(views::sync).collect();
+        let body = json!({ "next_cursor": next_cursor, "has_more": has_more, "syncs": items });
+        Ok((Representation::json(body.to_string()), repo.id))
     };
-    let items: Vec<Value> = syncs.iter().map(views::sync).collect();
-    Ok(HttpResponse::Ok()
-        .json(json!({ "next_cursor": next_cursor, "has_more": has_more, "syncs": items })))
+    conditional::respond(&state, &req, Watch::RepoOfRead, read).await
 }
 
 #[cfg(test)]
