@@ -1,18 +1,32 @@
 //! Public JSON shapes (docs/api.md), built from store records.
+//!
+//! The shapes are serialized from borrowing structs rather than built as
+//! `serde_json::Value` trees, so that a sync's `stats` (up to
+//! `upstream.max_refs` entries) goes out as the JSON text Postgres stored,
+//! never parsed into a tree per request. Fields are declared in
+//! alphabetical order: the order the earlier `Value`-built bodies had.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use depot_domain::{SyncStatus, head_change_id};
+use depot_domain::{Direction, SyncStatus, head_change_id};
 use depot_store::repos::Repo;
 use depot_store::syncs::SyncRecord;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// RFC 3339 UTC with millisecond precision (`2026-11-26T05:31:56.123Z`).
 pub fn time(t: DateTime<Utc>) -> Value {
-    json!(t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    Value::String(time_text(t))
 }
 
-fn opt_time(t: Option<DateTime<Utc>>) -> Value {
-    t.map(time).unwrap_or(Value::Null)
+fn time_text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[derive(Serialize)]
+struct Globs<'a> {
+    branches: &'a str,
+    tags: &'a str,
 }
 
 /// A sync as Mesa's API defines it, plus two extension fields (Mesa's
@@ -20,44 +34,157 @@ fn opt_time(t: Option<DateTime<Utc>>) -> Value {
 /// SDK's webhook models ignore them). `error` and `started_at` stay null on a
 /// queued sync, as Mesa's models require; what a retrying sync waits for is
 /// in `last_attempt_error` and `next_attempt_at` instead.
+#[derive(Serialize)]
+pub struct SyncView<'a> {
+    attempt: i32,
+    created_at: String,
+    direction: Direction,
+    error: Option<&'a str>,
+    finished_at: Option<String>,
+    id: &'a str,
+    last_attempt_error: Option<&'a str>,
+    next_attempt_at: Option<String>,
+    ref_globs: Globs<'a>,
+    repo_id: &'a str,
+    started_at: Option<String>,
+    stats: Option<&'a RawValue>,
+    status: SyncStatus,
+}
+
+impl<'a> SyncView<'a> {
+    /// The view of `s`, with `stats` when given (for a record whose stats
+    /// were read separately), else the record's own.
+    pub fn of(s: &'a SyncRecord, stats: Option<&'a RawValue>) -> SyncView<'a> {
+        let next_attempt_at = match s.status {
+            SyncStatus::Queued => s.not_before,
+            _ => None,
+        };
+        SyncView {
+            attempt: s.attempt,
+            created_at: time_text(s.created_at),
+            direction: s.direction,
+            error: s.error.as_deref(),
+            finished_at: s.finished_at.map(time_text),
+            id: &s.id,
+            last_attempt_error: s.last_attempt_error.as_deref(),
+            next_attempt_at: next_attempt_at.map(time_text),
+            ref_globs: Globs {
+                branches: &s.ref_globs.branches,
+                tags: &s.ref_globs.tags,
+            },
+            repo_id: &s.repo_id,
+            started_at: s.started_at.map(time_text),
+            stats: stats.or(s.stats.as_deref()),
+            status: s.status,
+        }
+    }
+}
+
+/// The sync's JSON text.
+pub fn sync_text(s: &SyncRecord) -> String {
+    text(&SyncView::of(s, None))
+}
+
+/// The sync as a JSON value (small answers: a new sync has no stats).
 pub fn sync(s: &SyncRecord) -> Value {
-    let next_attempt_at = match s.status {
-        SyncStatus::Queued => s.not_before,
-        _ => None,
-    };
-    json!({
-        "id": s.id,
-        "repo_id": s.repo_id,
-        "direction": s.direction,
-        "status": s.status,
-        "attempt": s.attempt,
-        "ref_globs": { "branches": s.ref_globs.branches, "tags": s.ref_globs.tags },
-        "stats": s.stats,
-        "error": s.error,
-        "created_at": time(s.created_at),
-        "started_at": opt_time(s.started_at),
-        "finished_at": opt_time(s.finished_at),
-        "last_attempt_error": s.last_attempt_error,
-        "next_attempt_at": opt_time(next_attempt_at),
-    })
+    serde_json::to_value(SyncView::of(s, None)).unwrap_or(Value::Null)
+}
+
+/// JSON text of a view. Serializing these structs cannot fail (string
+/// keys, no maps of other keys, valid raw values).
+pub fn text(view: &impl Serialize) -> String {
+    serde_json::to_string(view).unwrap_or_else(|_| "null".into())
+}
+
+#[derive(Serialize)]
+struct UpstreamView<'a> {
+    auth_kind: Option<&'a str>,
+    latest_sync: Option<SyncView<'a>>,
+    url: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct RepoView<'a> {
+    created_at: String,
+    default_bookmark: &'a str,
+    head_change_id: String,
+    id: &'a str,
+    name: &'a str,
+    org: &'a str,
+    tags: &'a Value,
+    upstream: Option<UpstreamView<'a>>,
+}
+
+impl<'a> RepoView<'a> {
+    /// `latest_sync` with `stats` overriding the record's (see
+    /// [`SyncView::of`]).
+    pub fn of(
+        r: &'a Repo,
+        org_slug: &'a str,
+        latest_sync: Option<&'a SyncRecord>,
+        stats: Option<&'a RawValue>,
+    ) -> RepoView<'a> {
+        RepoView {
+            created_at: time_text(r.created_at),
+            default_bookmark: &r.default_bookmark,
+            head_change_id: head_change_id(r.head_commit.as_deref()),
+            id: &r.id,
+            name: &r.name,
+            org: org_slug,
+            tags: &r.tags,
+            upstream: r.upstream.as_ref().map(|u| UpstreamView {
+                auth_kind: u.auth_kind.as_deref(),
+                latest_sync: latest_sync.map(|s| SyncView::of(s, stats)),
+                url: &u.url,
+            }),
+        }
+    }
 }
 
 pub fn repo(r: &Repo, org_slug: &str, latest_sync: Option<&SyncRecord>) -> Value {
-    let upstream = r.upstream.as_ref().map(|u| {
-        json!({
-            "url": u.url,
-            "auth_kind": u.auth_kind,
-            "latest_sync": latest_sync.map(sync),
-        })
-    });
-    json!({
-        "id": r.id,
-        "org": org_slug,
-        "name": r.name,
-        "default_bookmark": r.default_bookmark,
-        "head_change_id": head_change_id(r.head_commit.as_deref()),
-        "upstream": upstream,
-        "created_at": time(r.created_at),
-        "tags": r.tags,
-    })
+    serde_json::to_value(RepoView::of(r, org_slug, latest_sync, None)).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use depot_domain::RefGlobs;
+
+    #[test]
+    fn stats_are_sent_as_stored_text() {
+        let raw =
+            RawValue::from_string(r#"{"refs": [{"name": "refs/heads/main"}]}"#.into()).unwrap();
+        let now = Utc::now();
+        let s = SyncRecord {
+            id: "sync_x".into(),
+            repo_id: "repo_x".into(),
+            seq: 1,
+            direction: Direction::Pull,
+            status: SyncStatus::Completed,
+            attempt: 1,
+            ref_globs: RefGlobs::all(),
+            stats: Some(raw),
+            stats_deferred: false,
+            error: None,
+            created_at: now,
+            started_at: Some(now),
+            finished_at: Some(now),
+            last_attempt_error: None,
+            not_before: None,
+        };
+        let text = sync_text(&s);
+        assert!(
+            text.contains(r#""stats":{"refs": [{"name": "refs/heads/main"}]}"#),
+            "{text}"
+        );
+        let keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, Value>>(&text)
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "keys keep their alphabetical order");
+    }
 }

@@ -6,6 +6,7 @@
 use crate::{GenericClient, Result, StoreError, corrupt};
 use chrono::{DateTime, Utc};
 use depot_domain::{Direction, RefGlobs, Stats, SyncStatus};
+use serde_json::value::RawValue;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -17,7 +18,14 @@ pub struct SyncRecord {
     pub status: SyncStatus,
     pub attempt: i32,
     pub ref_globs: RefGlobs,
-    pub stats: Option<Stats>,
+    /// The stored JSON text as is (validated, never parsed into a tree):
+    /// up to `upstream.max_refs` entries, sent on every read of the sync.
+    /// `None` also when [`latest_for`] left a large one to
+    /// [`stats_of`] (`stats_deferred`).
+    pub stats: Option<Box<RawValue>>,
+    /// [`latest_for`] found stats larger than [`INLINE_STATS_BYTES`] and left
+    /// them out: read them with [`stats_of`] when they are needed.
+    pub stats_deferred: bool,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -32,13 +40,13 @@ pub struct SyncRecord {
 
 const COLUMNS: &str =
     "s.id, s.repo_id, s.seq, s.direction, s.status, s.attempt, s.branches_glob, s.tags_glob,
-     s.stats, s.error, s.created_at, s.started_at, s.finished_at, s.last_attempt_error,
+     s.stats::text AS stats, s.error, s.created_at, s.started_at, s.finished_at, s.last_attempt_error,
      s.not_before";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<SyncRecord> {
     let direction: &str = row.get("direction");
     let status: &str = row.get("status");
-    let stats: Option<serde_json::Value> = row.get("stats");
+    let stats: Option<String> = row.get("stats");
     Ok(SyncRecord {
         id: row.get("id"),
         repo_id: row.get("repo_id"),
@@ -51,9 +59,10 @@ fn from_row(row: &tokio_postgres::Row) -> Result<SyncRecord> {
             tags: row.get("tags_glob"),
         },
         stats: stats
-            .map(serde_json::from_value)
+            .map(RawValue::from_string)
             .transpose()
             .map_err(corrupt)?,
+        stats_deferred: row.try_get("stats_deferred").unwrap_or(false),
         error: row.get("error"),
         created_at: row.get("created_at"),
         started_at: row.get("started_at"),
@@ -306,18 +315,48 @@ pub async fn list(
     )
 }
 
-/// The newest sync of each given repo.
+/// Stats at most this long (as JSON text) come inline with [`latest_for`];
+/// longer ones are read one at a time with [`stats_of`], so that a page of
+/// repositories whose latest syncs each list many refs holds at most one
+/// such list in memory.
+pub const INLINE_STATS_BYTES: i32 = 64 * 1024;
+
+/// The newest sync of each given repo, stats longer than
+/// [`INLINE_STATS_BYTES`] left out (`stats_deferred`).
 pub async fn latest_for(
     client: &impl GenericClient,
     repo_ids: &[String],
 ) -> Result<Vec<SyncRecord>> {
+    let columns = COLUMNS.replace(
+        "s.stats::text AS stats",
+        "CASE WHEN octet_length(s.stats::text) <= $2 THEN s.stats::text END AS stats,
+         octet_length(s.stats::text) > $2 AS stats_deferred",
+    );
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM unnest($1::text[]) AS r(id)
+            "SELECT {columns} FROM unnest($1::text[]) AS r(id)
              CROSS JOIN LATERAL (SELECT * FROM syncs WHERE repo_id = r.id ORDER BY seq DESC LIMIT 1) s"
         ))
         .await?;
-    rows(client.query(&stmt, &[&repo_ids]).await?)
+    rows(
+        client
+            .query(&stmt, &[&repo_ids, &INLINE_STATS_BYTES])
+            .await?,
+    )
+}
+
+/// A sync's stats as stored (for one [`latest_for`] deferred).
+pub async fn stats_of(client: &impl GenericClient, sync_id: &str) -> Result<Option<Box<RawValue>>> {
+    let stmt = client
+        .prepare_cached("SELECT stats::text FROM syncs WHERE id = $1")
+        .await?;
+    let Some(row) = client.query_opt(&stmt, &[&sync_id]).await? else {
+        return Ok(None);
+    };
+    row.get::<_, Option<String>>(0)
+        .map(RawValue::from_string)
+        .transpose()
+        .map_err(corrupt)
 }
 
 /// What a worker needs to run a claimed sync.

@@ -16,7 +16,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use depot_domain::ids::looks_like;
 use depot_domain::{Direction, RefGlobs, RefGlobsInput, Scope};
 use depot_store::syncs::Lookup;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -163,6 +163,14 @@ pub async fn create(
     }
 }
 
+/// A page of the sync list (fields in alphabetical order, see crate::views).
+#[derive(serde::Serialize)]
+struct SyncPage<'a> {
+    has_more: bool,
+    next_cursor: Option<String>,
+    syncs: Vec<views::SyncView<'a>>,
+}
+
 /// The answer an outcome of [`enqueue::enqueue`] gets: the 201 body, or the
 /// error.
 fn answer(outcome: &Outcome) -> Result<Value, ApiError> {
@@ -212,10 +220,9 @@ pub async fn get(
         match depot_store::syncs::in_repo(&client, org_id, &repo_name, sync_id).await? {
             Lookup::NoRepo => Err(ApiError::not_found("repository")),
             Lookup::NoSync => Err(ApiError::not_found("sync")),
-            Lookup::Found(sync) => Ok((
-                Representation::json(views::sync(&sync).to_string()),
-                sync.repo_id,
-            )),
+            Lookup::Found(sync) => {
+                Ok((Representation::json(views::sync_text(&sync)), sync.repo_id))
+            }
         }
     };
     conditional::respond(&state, &req, Watch::Sync(sync_id), read).await
@@ -249,9 +256,12 @@ pub async fn list(
         } else {
             None
         };
-        let items: Vec<Value> = syncs.iter().map(views::sync).collect();
-        let body = json!({ "next_cursor": next_cursor, "has_more": has_more, "syncs": items });
-        Ok((Representation::json(body.to_string()), repo.id))
+        let page = SyncPage {
+            has_more,
+            next_cursor,
+            syncs: syncs.iter().map(|s| views::SyncView::of(s, None)).collect(),
+        };
+        Ok((Representation::json(views::text(&page)), repo.id))
     };
     conditional::respond(&state, &req, Watch::RepoOfRead, read).await
 }
