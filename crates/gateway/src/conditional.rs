@@ -161,7 +161,9 @@ where
     };
     let mut held = false;
     loop {
-        let (rep, repo_id) = read().await?;
+        // Boxed: the read's state (a query in flight) is not kept inline in
+        // this future, whose size every held request pays while it waits.
+        let (rep, repo_id) = Box::pin(read()).await?;
         let applied = held.then_some(wait).flatten();
         if !conditions.matches(&rep.etag) {
             return Ok(rep.respond(StatusCode::OK, applied));
