@@ -23,14 +23,15 @@ pub async fn mark_published(client: &impl GenericClient, id: i64) -> Result<()> 
     Ok(())
 }
 
-/// The broker confirmed these rows' messages: mark them and their syncs
-/// published, one statement for the whole batch (the gateway's publisher).
+/// The broker confirmed these rows' messages: mark them published, one
+/// statement for the whole batch (the gateway's publisher), by primary key.
+/// The syncs' own `published_at` is left alone: a sync this young is judged
+/// by its `created_at` (the relay's `coalesce(published_at, created_at)`),
+/// and joining syncs here let the planner scan the whole table per batch.
 pub async fn mark_published_batch(client: &impl GenericClient, ids: &[i64]) -> Result<u64> {
     let stmt = client
         .prepare_cached(
-            "WITH o AS (UPDATE outbox SET published_at = now()
-                        WHERE id = ANY($1) AND published_at IS NULL RETURNING sync_id)
-             UPDATE syncs SET published_at = now() FROM o WHERE syncs.id = o.sync_id",
+            "UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
         )
         .await?;
     Ok(client.execute(&stmt, &[&ids]).await?)
