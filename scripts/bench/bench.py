@@ -29,7 +29,7 @@ Environment knobs (defaults in brackets):
   BENCH_INC_REFS     refs of that repository (main + branches) [1000]
   BENCH_INC_COMMITS  commits of its history [2000]
   BENCH_ONLY         comma-separated phases to run:
-                     polling,enqueue,large,incremental,scaling; `noop` runs
+                     polling,enqueue,waiting,large,incremental,scaling; `noop` runs
                      only the large pull and its no-op re-syncs (3a-3c),
                      without the pushes of `large`
   BENCH_KEEP=1       keep the temporary directory and database
@@ -51,9 +51,10 @@ from incremental import Incremental
 from large import Large
 from polling import Polling
 from scaling import Scaling
+from waiting import Waiting
 
 
-class Bench(Core, Polling, Enqueue, Large, Incremental, Scaling):
+class Bench(Core, Polling, Enqueue, Waiting, Large, Incremental, Scaling):
     """Every phase is a `bench_<phase>` method of one of the mixins."""
 
 

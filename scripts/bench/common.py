@@ -58,8 +58,8 @@ INC_REFS = env_int("BENCH_INC_REFS", 1000)
 INC_COMMITS = env_int("BENCH_INC_COMMITS", 2000)
 INC_STEP = 10  # commits of one incremental pull or push of the large repository (8a, 8b)
 INC_WINDOW = 10  # syncs at each end of the incremental series whose medians are compared
-PHASES = ("polling", "enqueue", "large", "noop", "incremental", "scaling")
-ONLY = os.environ.get("BENCH_ONLY", "polling,enqueue,large,incremental,scaling").split(",")
+PHASES = ("polling", "enqueue", "waiting", "large", "noop", "incremental", "scaling")
+ONLY = os.environ.get("BENCH_ONLY", "polling,enqueue,waiting,large,incremental,scaling").split(",")
 # Distinct syncs polled. pgbench gets one script per sync (literal ids: the
 # very statement the gateway runs), and with -M prepared every client
 # prepares every script once: keep it small so that is amortized.

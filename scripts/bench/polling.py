@@ -13,8 +13,6 @@ class Polling:
         idle_rss = gw.status_kb("VmRSS")
         names = [f"poll-{i:03d}" for i in range(POLL_SYNCS)]
         parallel(lambda n: self.create_repo(n, "small"), names)
-        # Fewer threads than the pool has connections: a POST holds two at
-        # once (see docs/benchmarks.md).
         syncs = parallel(lambda n: (n, self.enqueue(n)), names, threads=6)
         paths = os.path.join(self.work, "poll.paths")
         with open(paths, "w") as f:

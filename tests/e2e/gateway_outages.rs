@@ -143,6 +143,58 @@ async fn broker_unreachable_during_post_then_the_relay_delivers() {
     env.cleanup().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_killed_right_after_a_burst_of_201s_every_sync_still_runs() {
+    let upstream = upstream_with_history();
+    let mut env = TestEnv::start(EnvOptions::default()).await.unwrap();
+    let key = env.org_and_key("acme", "write").unwrap();
+    repo_with_upstream(&env, &key, &upstream).await;
+
+    // Distinct globs, so none is a twin of another (409).
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let post = env
+            .http
+            .post(env.url("/v1/acme/mirror/upstream/syncs"))
+            .bearer_auth(&key)
+            .json(&json!({"direction": "pull", "ref_globs": {"branches": format!("b{i}*")}}));
+        posts.spawn(async move {
+            let res = post.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap())
+        });
+    }
+    let answers = posts.join_all().await;
+    // SIGKILL at once: jobs the publisher had not confirmed yet are only in
+    // the outbox.
+    env.gateway.as_mut().unwrap().kill9();
+    let mut ids = Vec::new();
+    for (status, sync) in answers {
+        assert_eq!(status, 201, "{sync}");
+        ids.push(sync["id"].as_str().unwrap().to_string());
+    }
+
+    let db = env.db().await.unwrap();
+    let finished = eventually(Duration::from_secs(90), "every accepted sync to run", || {
+        let (db, ids) = (&db, &ids);
+        async move {
+            let rows = db
+                .query(
+                    "SELECT id, status FROM syncs WHERE id = ANY($1) AND status IN ('completed', 'failed')",
+                    &[ids],
+                )
+                .await?;
+            Ok((rows.len() == ids.len()).then_some(rows))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", env.all_logs()));
+    for row in finished {
+        assert_eq!(row.get::<_, &str>(1), "completed", "{}", env.all_logs());
+    }
+    env.cleanup().await.unwrap();
+}
+
 /// Starts Postgres again when dropped, whatever happened in between.
 struct PostgresGuard;
 

@@ -1,12 +1,26 @@
 //! One supervisor per process owns the broker connection: it connects,
 //! declares the topology, notices a broken connection and rebuilds it with
-//! backoff. Callers take the current [`Broker`] when they need one and
-//! report failures; nobody else reconnects.
+//! backoff. Callers publish through the handle ([`BrokerHandle::publish`]
+//! and its siblings), which reports a failed publish to the supervisor
+//! itself; nobody else reconnects.
 
-use crate::{Broker, BrokerOptions};
+use crate::{Broker, BrokerError, BrokerOptions};
+use depot_contracts::sync_v1::SyncJob;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
+
+/// Why a publish through the handle did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// No connected broker right now; nothing was sent.
+    #[error("broker unavailable")]
+    Unavailable,
+    /// Sent but not confirmed (or not sent at all): the connection has been
+    /// reported broken already.
+    #[error(transparent)]
+    Failed(#[from] BrokerError),
+}
 
 pub struct BrokerHandle {
     current: watch::Sender<Option<Arc<Broker>>>,
@@ -80,6 +94,46 @@ impl BrokerHandle {
             Ok(Ok(b)) => b.clone(),
             _ => None,
         }
+    }
+
+    /// Publish a job for immediate processing on the current connection; a
+    /// failure reports the connection broken.
+    pub async fn publish(&self, job: &SyncJob) -> Result<(), PublishError> {
+        let broker = self.get().ok_or(PublishError::Unavailable)?;
+        broker.publish(job).await.map_err(|e| self.broken(e))
+    }
+
+    /// [`Broker::publish_delayed`] on the current connection; a failure
+    /// reports the connection broken.
+    pub async fn publish_delayed(
+        &self,
+        job: &SyncJob,
+        delay: Duration,
+    ) -> Result<(), PublishError> {
+        let broker = self.get().ok_or(PublishError::Unavailable)?;
+        broker
+            .publish_delayed(job, delay)
+            .await
+            .map_err(|e| self.broken(e))
+    }
+
+    /// [`Broker::publish_batch`] on the current connection: one result per
+    /// job; any failure reports the connection broken.
+    pub async fn publish_batch(
+        &self,
+        jobs: &[SyncJob],
+    ) -> Result<Vec<Result<(), BrokerError>>, PublishError> {
+        let broker = self.get().ok_or(PublishError::Unavailable)?;
+        let results = broker.publish_batch(jobs).await;
+        if results.iter().any(Result::is_err) {
+            self.report_broken();
+        }
+        Ok(results)
+    }
+
+    fn broken(&self, e: BrokerError) -> PublishError {
+        self.report_broken();
+        PublishError::Failed(e)
     }
 
     /// A caller saw the broker fail (a publish timed out, a channel closed):

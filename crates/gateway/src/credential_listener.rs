@@ -1,7 +1,9 @@
 //! One Postgres connection per gateway process that `LISTEN`s on
 //! `depot_credentials` and applies each notification to the credential
 //! cache (crate::credential_cache), so a key revoked or deleted on any
-//! replica's database is dropped from every replica's cache.
+//! replica's database is dropped from every replica's cache. The same
+//! connection listens on `depot_syncs` and hands sync changes to the
+//! requests waiting for them (crate::sync_watch).
 //!
 //! Invariants:
 //! - Notifications are applied on the task that drives the connection, in
@@ -14,9 +16,11 @@
 //!   hung connection degrades to database reads, never to stale answers.
 //! - A lost connection empties the cache at once; it is reopened with
 //!   exponential backoff (100 ms to 5 s), for as long as the process runs,
-//!   and each new connection starts a new cache generation.
+//!   and each new connection starts a new cache generation and wakes every
+//!   waiting request (changes may have gone unnoticed meanwhile).
 
 use crate::credential_cache::CredentialCache;
+use crate::sync_watch::{self, SyncWatch};
 use futures_util::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,16 +30,20 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Start the listener on the current runtime; it runs until the process ends.
-pub fn spawn(config: tokio_postgres::Config, cache: Arc<CredentialCache>) {
-    tokio::spawn(run(config, cache));
+pub fn spawn(config: tokio_postgres::Config, cache: Arc<CredentialCache>, syncs: Arc<SyncWatch>) {
+    tokio::spawn(run(config, cache, syncs));
 }
 
-async fn run(mut config: tokio_postgres::Config, cache: Arc<CredentialCache>) {
+async fn run(
+    mut config: tokio_postgres::Config,
+    cache: Arc<CredentialCache>,
+    syncs: Arc<SyncWatch>,
+) {
     config.application_name("depot-gateway-listener");
     let mut backoff = BACKOFF_MIN;
     loop {
         let started = Instant::now();
-        let outcome = session(&config, &cache).await;
+        let outcome = session(&config, &cache, &syncs).await;
         cache.not_listening();
         // A connection that served a while earns a quick first retry.
         if started.elapsed() > BACKOFF_MAX {
@@ -52,7 +60,11 @@ async fn run(mut config: tokio_postgres::Config, cache: Arc<CredentialCache>) {
 }
 
 /// One connection's life; returns why it ended.
-async fn session(config: &tokio_postgres::Config, cache: &Arc<CredentialCache>) -> String {
+async fn session(
+    config: &tokio_postgres::Config,
+    cache: &Arc<CredentialCache>,
+    syncs: &Arc<SyncWatch>,
+) -> String {
     let bound = cache.revocation_bound();
     let connect = tokio::time::timeout(bound.max(Duration::from_secs(3)), config.connect(NoTls));
     let (client, mut connection) = match connect.await {
@@ -61,10 +73,14 @@ async fn session(config: &tokio_postgres::Config, cache: &Arc<CredentialCache>) 
         Err(_) => return "connect: timed out".into(),
     };
     let applier = cache.clone();
+    let watch = syncs.clone();
     let mut driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
+                Ok(AsyncMessage::Notification(n)) if n.channel() == sync_watch::CHANNEL => {
+                    watch.notified(n.payload())
+                }
                 Ok(AsyncMessage::Notification(n)) => applier.invalidate(n.payload()),
                 Ok(_) => {}
                 Err(e) => return format!("connection: {e}"),
@@ -72,7 +88,11 @@ async fn session(config: &tokio_postgres::Config, cache: &Arc<CredentialCache>) 
         }
         "connection closed".to_string()
     });
-    let listen = format!("LISTEN {}", depot_store::keys::CHANGES_CHANNEL);
+    let listen = format!(
+        "LISTEN {}; LISTEN {}",
+        depot_store::keys::CHANGES_CHANNEL,
+        sync_watch::CHANNEL
+    );
     match tokio::time::timeout(bound, client.batch_execute(&listen)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -85,6 +105,7 @@ async fn session(config: &tokio_postgres::Config, cache: &Arc<CredentialCache>) 
         }
     }
     let generation = cache.listening();
+    syncs.changed_all();
     tracing::info!(generation, "credential listener listening");
     let interval = bound / 4;
     loop {

@@ -4,14 +4,18 @@
 //! jobs, through the transactional outbox so that none is lost.
 
 pub mod auth;
+pub mod conditional;
 pub mod credential_cache;
 pub mod credential_listener;
+pub mod enqueue;
 pub mod error;
 pub mod json;
 pub mod metrics;
 pub mod pagination;
 pub mod policy;
+pub mod publisher;
 pub mod routes;
+pub mod sync_watch;
 pub mod token;
 pub mod views;
 
@@ -28,8 +32,12 @@ use std::sync::Arc;
 pub struct AppState {
     pub pool: Pool,
     pub broker: Arc<BrokerHandle>,
+    /// Publishes accepted syncs' jobs off the request path.
+    pub publisher: publisher::Publisher,
     pub credential_key: CredentialKey,
     pub credentials: Arc<credential_cache::CredentialCache>,
+    /// Sync changes, for the requests held by `Prefer: wait`.
+    pub sync_watch: Arc<sync_watch::SyncWatch>,
     pub settings: Settings,
 }
 
@@ -51,7 +59,8 @@ impl Application {
             .parse()
             .map_err(|e| anyhow::anyhow!("database.url: {e}"))?;
         let credentials = Arc::new(credential_cache::CredentialCache::new(&settings.auth));
-        credential_listener::spawn(listener_config, credentials.clone());
+        let sync_watch = sync_watch::SyncWatch::new();
+        credential_listener::spawn(listener_config, credentials.clone(), sync_watch.clone());
         let broker = BrokerHandle::spawn(BrokerOptions::from_settings(
             &settings.amqp,
             "depot-gateway".into(),
@@ -63,11 +72,14 @@ impl Application {
         let shutdown_seconds = settings.gateway.shutdown_seconds;
         let openapi = web::Data::new(routes::openapi::OpenApiDoc::load()?);
         let probes = web::Data::new(depot_probes::Probes::new(pool.clone(), broker.clone()));
+        let publisher = publisher::Publisher::spawn(pool.clone(), broker.clone());
         let state = web::Data::new(AppState {
             pool,
             broker,
+            publisher,
             credential_key: CredentialKey::new(&key),
             credentials,
+            sync_watch,
             settings,
         });
         let mut server = HttpServer::new(move || {

@@ -53,6 +53,13 @@ pub struct GatewayMetrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    /// Jobs the background publisher (crate::publisher) handled, by result.
+    pub publisher_jobs: IntCounterVec,
+    /// Jobs a POST handed to the publisher (`taken`) or left to the relay
+    /// because its channel was full (`full`).
+    pub publisher_offers: IntCounterVec,
+    /// Requests held by `Prefer: wait` right now (crate::sync_watch).
+    pub waiting_requests: prometheus::IntGauge,
 }
 
 static METRICS: LazyLock<GatewayMetrics> = LazyLock::new(GatewayMetrics::new);
@@ -84,6 +91,42 @@ impl GatewayMetrics {
             &["method", "route"],
         )
         .expect("metric definition");
+        let publisher_jobs = IntCounterVec::new(
+            Opts::new(
+                "depot_gateway_publisher_jobs_total",
+                "Jobs the gateway's background publisher handled: ok (confirmed, outbox row marked), error (not confirmed), unavailable (no broker); the relay publishes all but ok.",
+            ),
+            &["result"],
+        )
+        .expect("metric definition");
+        let publisher_offers = IntCounterVec::new(
+            Opts::new(
+                "depot_gateway_publisher_offers_total",
+                "Accepted syncs handed to the background publisher (taken) or left to the relay because its channel was full (full).",
+            ),
+            &["result"],
+        )
+        .expect("metric definition");
+        let waiting_requests = prometheus::IntGauge::new(
+            "depot_gateway_waiting_requests",
+            "GET requests held by Prefer: wait right now.",
+        )
+        .expect("metric definition");
+        registry
+            .register(Box::new(publisher_jobs.clone()))
+            .expect("register");
+        registry
+            .register(Box::new(publisher_offers.clone()))
+            .expect("register");
+        registry
+            .register(Box::new(waiting_requests.clone()))
+            .expect("register");
+        for result in ["ok", "error", "unavailable"] {
+            publisher_jobs.with_label_values(&[result]);
+        }
+        for result in ["taken", "full"] {
+            publisher_offers.with_label_values(&[result]);
+        }
         registry
             .register(Box::new(http_requests.clone()))
             .expect("register");
@@ -98,7 +141,24 @@ impl GatewayMetrics {
             registry,
             http_requests,
             http_duration,
+            publisher_jobs,
+            publisher_offers,
+            waiting_requests,
         }
+    }
+
+    pub fn publisher_published(&self, result: &str, jobs: usize) {
+        if jobs > 0 {
+            self.publisher_jobs
+                .with_label_values(&[result])
+                .inc_by(jobs as u64);
+        }
+    }
+
+    pub fn publisher_offered(&self, taken: bool) {
+        self.publisher_offers
+            .with_label_values(&[if taken { "taken" } else { "full" }])
+            .inc();
     }
 
     /// Everything in the Prometheus text format.

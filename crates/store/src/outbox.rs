@@ -29,6 +29,20 @@ pub async fn mark_published(client: &impl GenericClient, id: i64) -> Result<()> 
     Ok(())
 }
 
+/// The broker confirmed these rows' messages: mark them published, one
+/// statement for the whole batch (the gateway's publisher), by primary key.
+/// The syncs' own `published_at` is left alone: a sync this young is judged
+/// by its `created_at` (the relay's `coalesce(published_at, created_at)`),
+/// and joining syncs here let the planner scan the whole table per batch.
+pub async fn mark_published_batch(client: &impl GenericClient, ids: &[i64]) -> Result<u64> {
+    let stmt = client
+        .prepare_cached(
+            "UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL",
+        )
+        .await?;
+    Ok(client.execute(&stmt, &[&ids]).await?)
+}
+
 #[derive(Debug, Clone)]
 pub struct Pending {
     pub id: i64,

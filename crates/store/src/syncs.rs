@@ -6,6 +6,8 @@
 use crate::{GenericClient, Result, StoreError, corrupt};
 use chrono::{DateTime, Utc};
 use depot_domain::{Direction, FailureCode, RefGlobs, Stats, SyncStatus};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -17,7 +19,14 @@ pub struct SyncRecord {
     pub status: SyncStatus,
     pub attempt: i32,
     pub ref_globs: RefGlobs,
-    pub stats: Option<Stats>,
+    /// The stored JSON text as is (validated, never parsed into a tree):
+    /// up to `upstream.max_refs` entries, sent on every read of the sync.
+    /// `None` also when [`latest_for`] left a large one to
+    /// [`stats_of`] (`stats_deferred`).
+    pub stats: Option<Box<RawValue>>,
+    /// [`latest_for`] found stats larger than [`INLINE_STATS_BYTES`] and left
+    /// them out: read them with [`stats_of`] when they are needed.
+    pub stats_deferred: bool,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -32,13 +41,13 @@ pub struct SyncRecord {
 
 const COLUMNS: &str =
     "s.id, s.repo_id, s.seq, s.direction, s.status, s.attempt, s.branches_glob, s.tags_glob,
-     s.stats, s.error, s.created_at, s.started_at, s.finished_at, s.last_attempt_error,
+     s.stats::text AS stats, s.error, s.created_at, s.started_at, s.finished_at, s.last_attempt_error,
      s.not_before";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<SyncRecord> {
     let direction: &str = row.get("direction");
     let status: &str = row.get("status");
-    let stats: Option<serde_json::Value> = row.get("stats");
+    let stats: Option<String> = row.get("stats");
     Ok(SyncRecord {
         id: row.get("id"),
         repo_id: row.get("repo_id"),
@@ -51,9 +60,10 @@ fn from_row(row: &tokio_postgres::Row) -> Result<SyncRecord> {
             tags: row.get("tags_glob"),
         },
         stats: stats
-            .map(serde_json::from_value)
+            .map(RawValue::from_string)
             .transpose()
             .map_err(corrupt)?,
+        stats_deferred: row.try_get("stats_deferred").unwrap_or(false),
         error: row.get("error"),
         created_at: row.get("created_at"),
         started_at: row.get("started_at"),
@@ -65,8 +75,19 @@ fn from_row(row: &tokio_postgres::Row) -> Result<SyncRecord> {
 
 /// RFC 3339 UTC with millisecond precision (`2026-11-26T05:31:56.123Z`),
 /// the API's time format.
+pub fn time_text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// [`time_text`] as a JSON value.
 pub fn api_time(t: DateTime<Utc>) -> serde_json::Value {
-    serde_json::Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    serde_json::Value::String(time_text(t))
+}
+
+#[derive(Serialize)]
+struct Globs<'a> {
+    branches: &'a str,
+    tags: &'a str,
 }
 
 /// A sync as Mesa's API defines it, plus two extension fields (Mesa's
@@ -74,28 +95,57 @@ pub fn api_time(t: DateTime<Utc>) -> serde_json::Value {
 /// SDK's webhook models ignore them). `error` and `started_at` stay null on a
 /// queued sync, as Mesa's models require; what a retrying sync waits for is
 /// in `last_attempt_error` and `next_attempt_at` instead. The one shape of
-/// the gateway's answers and of webhook events.
+/// the gateway's answers and of webhook events' `data.sync`.
+#[derive(Serialize)]
+pub struct SyncView<'a> {
+    attempt: i32,
+    created_at: String,
+    direction: Direction,
+    error: Option<&'a str>,
+    finished_at: Option<String>,
+    id: &'a str,
+    last_attempt_error: Option<&'a str>,
+    next_attempt_at: Option<String>,
+    ref_globs: Globs<'a>,
+    repo_id: &'a str,
+    started_at: Option<String>,
+    stats: Option<&'a RawValue>,
+    status: SyncStatus,
+}
+
+impl<'a> SyncView<'a> {
+    /// The view of `s`, with `stats` when given (for a record whose stats
+    /// were read separately), else the record's own.
+    pub fn of(s: &'a SyncRecord, stats: Option<&'a RawValue>) -> SyncView<'a> {
+        let next_attempt_at = match s.status {
+            SyncStatus::Queued => s.not_before,
+            _ => None,
+        };
+        SyncView {
+            attempt: s.attempt,
+            created_at: time_text(s.created_at),
+            direction: s.direction,
+            error: s.error.as_deref(),
+            finished_at: s.finished_at.map(time_text),
+            id: &s.id,
+            last_attempt_error: s.last_attempt_error.as_deref(),
+            next_attempt_at: next_attempt_at.map(time_text),
+            ref_globs: Globs {
+                branches: &s.ref_globs.branches,
+                tags: &s.ref_globs.tags,
+            },
+            repo_id: &s.repo_id,
+            started_at: s.started_at.map(time_text),
+            stats: stats.or(s.stats.as_deref()),
+            status: s.status,
+        }
+    }
+}
+
+/// [`SyncView`] as a JSON value (webhook events; the gateway sends the view
+/// itself).
 pub fn api_json(s: &SyncRecord) -> serde_json::Value {
-    let opt_time = |t: Option<DateTime<Utc>>| t.map(api_time).unwrap_or_default();
-    let next_attempt_at = match s.status {
-        SyncStatus::Queued => s.not_before,
-        _ => None,
-    };
-    serde_json::json!({
-        "id": s.id,
-        "repo_id": s.repo_id,
-        "direction": s.direction,
-        "status": s.status,
-        "attempt": s.attempt,
-        "ref_globs": { "branches": s.ref_globs.branches, "tags": s.ref_globs.tags },
-        "stats": s.stats,
-        "error": s.error,
-        "created_at": api_time(s.created_at),
-        "started_at": opt_time(s.started_at),
-        "finished_at": opt_time(s.finished_at),
-        "last_attempt_error": s.last_attempt_error,
-        "next_attempt_at": opt_time(next_attempt_at),
-    })
+    serde_json::to_value(SyncView::of(s, None)).unwrap_or(serde_json::Value::Null)
 }
 
 fn rows(rows: Vec<tokio_postgres::Row>) -> Result<Vec<SyncRecord>> {
@@ -164,6 +214,117 @@ pub async fn enqueue(
     }
 }
 
+/// What [`create_queued`] did.
+// Made once per POST and matched at once, as [`Enqueued`].
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Created {
+    /// The sync and its outbox row are written (commit pending when the
+    /// caller's client is a transaction).
+    Created { sync: SyncRecord, outbox_id: i64 },
+    /// A sync with the same direction and globs is still queued: its id.
+    AlreadyQueued(String),
+    /// No repository of that name in the org (or it was deleted meanwhile).
+    RepoGone,
+    /// The repository has no upstream to sync with.
+    UpstreamNotConfigured,
+}
+
+/// The job message's protobuf field 2 (`repo_id`, a length-delimited
+/// string): key byte 0x12, the length as a varint (one byte below 128, two
+/// below 16384, far above any id), then the bytes. Protobuf decoders merge
+/// concatenated encodings, so the caller's encoding of the rest of the job
+/// followed by this is the whole job: the repo id is known only inside the
+/// statement that finds the repository.
+const REPO_ID_FIELD: &str = "'\\x12'::bytea
+    || CASE WHEN octet_length(ins.repo_id) < 128
+            THEN set_byte('\\x00'::bytea, 0, octet_length(ins.repo_id))
+            ELSE set_byte(set_byte('\\x0000'::bytea, 0, (octet_length(ins.repo_id) & 127) | 128),
+                          1, octet_length(ins.repo_id) >> 7) END
+    || convert_to(ins.repo_id, 'UTF8')";
+
+/// The whole of a POST's domain work in one statement (one round trip):
+/// find the repository by name, check its upstream, look for a queued twin
+/// (`syncs_queued_identity`), insert the sync, and insert its outbox row
+/// whose payload is `job_without_repo` completed with the repository's id
+/// (see [`REPO_ID_FIELD`]). Atomic by itself; inside the caller's
+/// transaction when it has more to write (idempotency).
+pub async fn create_queued(
+    client: &impl GenericClient,
+    org_id: &str,
+    repo_name: &str,
+    id: &str,
+    direction: Direction,
+    globs: &RefGlobs,
+    job_without_repo: &[u8],
+) -> Result<Created> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "WITH r AS (
+                 SELECT r.id, u.repo_id IS NOT NULL AS has_upstream
+                 FROM repos r LEFT JOIN upstreams u ON u.repo_id = r.id
+                 WHERE r.org_id = $1 AND r.name = $2),
+             twin AS (
+                 SELECT s.id FROM r JOIN syncs s ON s.repo_id = r.id
+                 WHERE s.direction = $4 AND s.branches_glob = $5 AND s.tags_glob = $6
+                   AND s.status = 'queued'
+                 ORDER BY s.seq LIMIT 1),
+             ins AS (
+                 INSERT INTO syncs AS s (id, repo_id, direction, branches_glob, tags_glob)
+                 SELECT $3, r.id, $4, $5, $6 FROM r
+                 WHERE r.has_upstream AND NOT EXISTS (SELECT 1 FROM twin)
+                 ON CONFLICT (repo_id, direction, branches_glob, tags_glob)
+                     WHERE status = 'queued' AND attempt = 0 DO NOTHING
+                 RETURNING {COLUMNS}),
+             ob AS (
+                 INSERT INTO outbox (sync_id, payload)
+                 SELECT ins.id, $7::bytea || {REPO_ID_FIELD} FROM ins
+                 RETURNING id)
+             SELECT r.has_upstream, (SELECT id FROM twin) AS twin, (SELECT id FROM ob) AS outbox_id,
+                    ins.*
+             FROM r LEFT JOIN ins ON true"
+        ))
+        .await?;
+    let args: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &org_id,
+        &repo_name,
+        &id,
+        &direction.as_str(),
+        &globs.branches,
+        &globs.tags,
+        &job_without_repo,
+    ];
+    // A concurrent request inserting the same sync makes our insert do
+    // nothing while our snapshot cannot see its row yet: asking again sees
+    // it. Twice more is plenty; the unique index settles every race.
+    for _ in 0..3 {
+        let row = match client.query_opt(&stmt, &args).await {
+            Ok(row) => row,
+            // The repository was deleted between our lookup and the insert.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
+                return Ok(Created::RepoGone);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(row) = row else {
+            return Ok(Created::RepoGone);
+        };
+        if !row.get::<_, bool>("has_upstream") {
+            return Ok(Created::UpstreamNotConfigured);
+        }
+        if let Some(twin) = row.get::<_, Option<String>>("twin") {
+            return Ok(Created::AlreadyQueued(twin));
+        }
+        if let Some(outbox_id) = row.get::<_, Option<i64>>("outbox_id") {
+            return Ok(Created::Created {
+                sync: from_row(&row)?,
+                outbox_id,
+            });
+        }
+    }
+    Err(corrupt("queued sync vanished during enqueue"))
+}
+
 /// What a status poll finds for `(org, repo name, sync id)`.
 #[derive(Debug)]
 pub enum Lookup {
@@ -230,18 +391,48 @@ pub async fn list(
     )
 }
 
-/// The newest sync of each given repo.
+/// Stats at most this long (as JSON text) come inline with [`latest_for`];
+/// longer ones are read one at a time with [`stats_of`], so that a page of
+/// repositories whose latest syncs each list many refs holds at most one
+/// such list in memory.
+pub const INLINE_STATS_BYTES: i32 = 64 * 1024;
+
+/// The newest sync of each given repo, stats longer than
+/// [`INLINE_STATS_BYTES`] left out (`stats_deferred`).
 pub async fn latest_for(
     client: &impl GenericClient,
     repo_ids: &[String],
 ) -> Result<Vec<SyncRecord>> {
+    let columns = COLUMNS.replace(
+        "s.stats::text AS stats",
+        "CASE WHEN octet_length(s.stats::text) <= $2 THEN s.stats::text END AS stats,
+         octet_length(s.stats::text) > $2 AS stats_deferred",
+    );
     let stmt = client
         .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM unnest($1::text[]) AS r(id)
+            "SELECT {columns} FROM unnest($1::text[]) AS r(id)
              CROSS JOIN LATERAL (SELECT * FROM syncs WHERE repo_id = r.id ORDER BY seq DESC LIMIT 1) s"
         ))
         .await?;
-    rows(client.query(&stmt, &[&repo_ids]).await?)
+    rows(
+        client
+            .query(&stmt, &[&repo_ids, &INLINE_STATS_BYTES])
+            .await?,
+    )
+}
+
+/// A sync's stats as stored (for one [`latest_for`] deferred).
+pub async fn stats_of(client: &impl GenericClient, sync_id: &str) -> Result<Option<Box<RawValue>>> {
+    let stmt = client
+        .prepare_cached("SELECT stats::text FROM syncs WHERE id = $1")
+        .await?;
+    let Some(row) = client.query_opt(&stmt, &[&sync_id]).await? else {
+        return Ok(None);
+    };
+    row.get::<_, Option<String>>(0)
+        .map(RawValue::from_string)
+        .transpose()
+        .map_err(corrupt)
 }
 
 /// What a worker needs to run a claimed sync.

@@ -546,9 +546,10 @@ pub fn sync_from_snapshot(v: &Value) -> Result<crate::syncs::SyncRecord> {
         },
         stats: r
             .stats
-            .map(serde_json::from_value)
+            .map(|v| serde_json::value::RawValue::from_string(v.to_string()))
             .transpose()
             .map_err(corrupt)?,
+        stats_deferred: false,
         error: r.error,
         created_at: r.created_at,
         started_at: r.started_at,

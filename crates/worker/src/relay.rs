@@ -65,9 +65,9 @@ async fn tick(ctx: &Ctx, ticks: u64) -> Result<(), StoreError> {
 }
 
 async fn relay_outbox(ctx: &Ctx) -> Result<(), StoreError> {
-    let Some(broker) = ctx.broker.get() else {
+    if ctx.broker.get().is_none() {
         return Ok(());
-    };
+    }
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;
     let pending = depot_store::outbox::lock_pending(&tx, OUTBOX_MIN_AGE, BATCH).await?;
@@ -80,7 +80,7 @@ async fn relay_outbox(ctx: &Ctx) -> Result<(), StoreError> {
                 continue;
             }
         };
-        match broker.publish(&job).await {
+        match ctx.broker.publish(&job).await {
             Ok(()) => {
                 crate::metrics::relay_published(RelaySource::Outbox, true);
                 depot_store::outbox::mark_published(&tx, row.id).await?;
@@ -93,7 +93,6 @@ async fn relay_outbox(ctx: &Ctx) -> Result<(), StoreError> {
             Err(e) => {
                 crate::metrics::relay_published(RelaySource::Outbox, false);
                 tracing::warn!(error = %e, "relay publish failed");
-                ctx.broker.report_broken();
                 break;
             }
         }
@@ -103,36 +102,39 @@ async fn relay_outbox(ctx: &Ctx) -> Result<(), StoreError> {
 }
 
 async fn relay_deliveries(ctx: &Ctx) -> Result<(), StoreError> {
-    let Some(broker) = ctx.broker.get() else {
+    if ctx.broker.get().is_none() {
         return Ok(());
-    };
+    }
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;
     let due = depot_store::webhooks::take_due(&tx, DELIVERY_SETTLE, BATCH).await?;
     tx.commit().await?;
     for id in due {
-        if let Err(e) = broker.publish(&depot_broker::delivery_job(&id)).await {
-            // Still pending and due: the next pass tries again.
-            tracing::warn!(delivery_id = %id, error = %e, "delivery re-publish failed");
-            ctx.broker.report_broken();
-            return Ok(());
+        match ctx.broker.publish(&depot_broker::delivery_job(&id)).await {
+            Ok(()) => {}
+            Err(depot_broker::PublishError::Unavailable) => return Ok(()),
+            Err(e) => {
+                // Still pending and due: the next pass tries again.
+                tracing::warn!(delivery_id = %id, error = %e, "delivery re-publish failed");
+                return Ok(());
+            }
         }
     }
     Ok(())
 }
 
 async fn publish_all(ctx: &Ctx, jobs: &[(String, String, i32)], source: RelaySource) {
-    let Some(broker) = ctx.broker.get() else {
-        return;
-    };
     for (sync_id, repo_id, attempt) in jobs {
         let job = depot_broker::job(sync_id, repo_id, *attempt, HashMap::new());
-        if let Err(e) = broker.publish(&job).await {
-            // The sync stays queued; the next lost-message pass tries again.
-            crate::metrics::relay_published(source, false);
-            tracing::warn!(sync_id = %sync_id, error = %e, "re-publish failed");
-            ctx.broker.report_broken();
-            return;
+        match ctx.broker.publish(&job).await {
+            Ok(()) => {}
+            Err(depot_broker::PublishError::Unavailable) => return,
+            Err(e) => {
+                // The sync stays queued; the next lost-message pass tries again.
+                crate::metrics::relay_published(source, false);
+                tracing::warn!(sync_id = %sync_id, error = %e, "re-publish failed");
+                return;
+            }
         }
         crate::metrics::relay_published(source, true);
         tracing::info!(sync_id = %sync_id, why = source.reason(), "re-published job");

@@ -162,23 +162,20 @@ async fn process(ctx: &Ctx, job: &SyncJob) -> Disposition {
 }
 
 async fn defer(ctx: &Ctx, job: &SyncJob, delay: Duration) -> Disposition {
-    match ctx.broker.get() {
-        Some(b) => match b.publish_delayed(job, delay).await {
-            Ok(()) => {
-                // Best effort: keeps the lost-message relay from adding
-                // duplicates of a job that is merely waiting its turn.
-                if let Ok(client) = ctx.pool.get().await {
-                    let _ = depot_store::syncs::touch_published(&client, &job.sync_id).await;
-                }
-                Disposition::Ack
+    match ctx.broker.publish_delayed(job, delay).await {
+        Ok(()) => {
+            // Best effort: keeps the lost-message relay from adding
+            // duplicates of a job that is merely waiting its turn.
+            if let Ok(client) = ctx.pool.get().await {
+                let _ = depot_store::syncs::touch_published(&client, &job.sync_id).await;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot defer job");
-                ctx.broker.report_broken();
-                Disposition::Requeue
-            }
-        },
-        None => Disposition::Requeue,
+            Disposition::Ack
+        }
+        Err(depot_broker::PublishError::Unavailable) => Disposition::Requeue,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot defer job");
+            Disposition::Requeue
+        }
     }
 }
 
@@ -305,12 +302,9 @@ async fn write(
     if let Ok(true) = requeued {
         // Best effort: if this publish is lost, the relay re-publishes
         // the queued sync once it is due.
-        if let Some(b) = ctx.broker.get() {
-            let retry_job =
-                depot_broker::job(id, &sync.repo_id, attempt, job.trace_context.clone());
-            if let Err(e) = b.publish_delayed(&retry_job, delay).await {
-                tracing::warn!(error = %e, "cannot schedule retry; the relay will");
-            }
+        let retry_job = depot_broker::job(id, &sync.repo_id, attempt, job.trace_context.clone());
+        if let Err(e) = ctx.broker.publish_delayed(&retry_job, delay).await {
+            tracing::warn!(error = %e, "cannot schedule retry; the relay will");
         }
     }
     requeued

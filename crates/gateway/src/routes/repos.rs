@@ -1,6 +1,6 @@
 //! `/v1/{org}/repos` and `/v1/{org}/{repo}`.
 
-use super::json_response;
+use super::{json_response, json_text_response};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorCode};
@@ -15,6 +15,7 @@ use depot_domain::{Scope, is_valid_branch_name};
 use depot_secrets::Credential;
 use depot_store::GenericClient;
 use depot_store::repos::{NewRepo, Repo, RepoChanges, Upstream};
+use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -311,13 +312,25 @@ pub(crate) async fn load_repo(
         .ok_or_else(|| ApiError::not_found("repository"))
 }
 
+/// The repository's JSON text, its latest sync's stats read separately
+/// when large (`depot_store::syncs::latest_for`).
 async fn render(
     client: &impl GenericClient,
     repo: &Repo,
     org_slug: &str,
-) -> Result<Value, ApiError> {
+) -> Result<String, ApiError> {
     let latest = depot_store::syncs::latest_for(client, std::slice::from_ref(&repo.id)).await?;
-    Ok(views::repo(repo, org_slug, latest.first()))
+    let latest = latest.first();
+    let stats = match latest {
+        Some(s) if s.stats_deferred => depot_store::syncs::stats_of(client, &s.id).await?,
+        _ => None,
+    };
+    Ok(views::text(&views::RepoView::of(
+        repo,
+        org_slug,
+        latest,
+        stats.as_deref(),
+    )))
 }
 
 pub async fn create(
@@ -401,23 +414,81 @@ pub async fn list(
     repos.truncate(limit as usize);
     let ids: Vec<String> = repos.iter().map(|r| r.id.clone()).collect();
     let latest = depot_store::syncs::latest_for(&client, &ids).await?;
-    let items: Vec<Value> = repos
-        .iter()
-        .map(|r| {
-            views::repo(
-                r,
-                &caller.key.org_slug,
-                latest.iter().find(|s| s.repo_id == r.id),
-            )
-        })
-        .collect();
     let next_cursor = if has_more {
         repos.last().map(|r| pagination::encode("r", r.seq))
     } else {
         None
     };
+    let head = format!(
+        "{{\"has_more\":{has_more},\"next_cursor\":{},\"repos\":[",
+        views::text(&next_cursor)
+    );
+    let page = RepoPage {
+        client,
+        repos,
+        latest,
+        org_slug: caller.key.org_slug.clone(),
+        next: 0,
+    };
+    // Streamed one repository at a time: a page of 100 whose latest syncs
+    // each list 20,000 refs would otherwise be hundreds of MiB at once.
+    // Large stats are read only when their repository's turn comes.
+    let body = futures_util::stream::once(async move { Ok(web::Bytes::from(head)) }).chain(
+        futures_util::stream::unfold(Some(page), |page| async move {
+            let mut page = page?;
+            match page.next_chunk().await {
+                Ok(Some(chunk)) => Some((Ok(web::Bytes::from(chunk)), Some(page))),
+                Ok(None) => Some((Ok(web::Bytes::from_static(b"]}")), None)),
+                Err(e) => {
+                    // The status line is sent: all we can do is cut the body
+                    // short, which the client sees as truncated JSON.
+                    tracing::warn!(error = %e, "repository list cut short");
+                    Some((Err(e), None))
+                }
+            }
+        }),
+    );
     Ok(HttpResponse::Ok()
-        .json(json!({ "next_cursor": next_cursor, "has_more": has_more, "repos": items })))
+        .content_type("application/json")
+        .streaming::<_, depot_store::StoreError>(body))
+}
+
+/// The rest of a repository page being streamed.
+struct RepoPage {
+    client: depot_store::PooledClient,
+    repos: Vec<Repo>,
+    latest: Vec<depot_store::syncs::SyncRecord>,
+    org_slug: String,
+    next: usize,
+}
+
+impl RepoPage {
+    /// The next repository's JSON text (comma first after the first), or
+    /// `None` at the end.
+    async fn next_chunk(&mut self) -> Result<Option<String>, depot_store::StoreError> {
+        let Some(repo) = self.repos.get(self.next) else {
+            return Ok(None);
+        };
+        let latest = self.latest.iter().find(|s| s.repo_id == repo.id);
+        let stats = match latest {
+            Some(s) if s.stats_deferred => {
+                depot_store::syncs::stats_of(&self.client, &s.id).await?
+            }
+            _ => None,
+        };
+        let mut chunk = String::new();
+        if self.next > 0 {
+            chunk.push(',');
+        }
+        chunk.push_str(&views::text(&views::RepoView::of(
+            repo,
+            &self.org_slug,
+            latest,
+            stats.as_deref(),
+        )));
+        self.next += 1;
+        Ok(Some(chunk))
+    }
 }
 
 pub async fn get(
@@ -429,7 +500,8 @@ pub async fn get(
     caller.for_repo(&org, &name, Scope::Read)?;
     let client = caller.db(&state.pool).await?;
     let repo = load_repo(&client, &caller.key.org_id, &name).await?;
-    Ok(HttpResponse::Ok().json(render(&client, &repo, &caller.key.org_slug).await?))
+    let body = render(&client, &repo, &caller.key.org_slug).await?;
+    Ok(json_text_response(StatusCode::OK, body))
 }
 
 pub async fn update(
@@ -489,7 +561,7 @@ pub async fn update(
         .ok_or_else(|| ApiError::internal("updated repo vanished"))?;
     let body = render(&tx, &repo, &caller.key.org_slug).await?;
     tx.commit().await?;
-    Ok(HttpResponse::Ok().json(body))
+    Ok(json_text_response(StatusCode::OK, body))
 }
 
 pub async fn delete(

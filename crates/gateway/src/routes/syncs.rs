@@ -6,21 +6,20 @@ use super::json_response;
 use super::repos::{is_valid_name, load_repo};
 use crate::AppState;
 use crate::auth::Caller;
+use crate::conditional::{self, Representation, Watch};
+use crate::enqueue::{self, Idempotency, Outcome};
 use crate::error::{ApiError, ErrorCode};
 use crate::json::{self, JsonObject, Object};
 use crate::pagination::{self, PageQuery};
 use crate::views;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use depot_contracts::Message as _;
-use depot_domain::ids::{looks_like, new_id};
+use depot_domain::ids::looks_like;
 use depot_domain::{Direction, RefGlobs, RefGlobsInput, Scope};
-use depot_store::idempotency::{self, Reservation};
-use depot_store::syncs::{Enqueued, Lookup};
+use depot_store::syncs::Lookup;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::time::Duration;
 
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
@@ -131,145 +130,86 @@ pub async fn create(
     )
     .to_vec();
 
-    let mut client = caller.db(&state.pool).await?;
-    let tx = client.transaction().await?;
-    if let Some(key) = &idem_key {
-        match idempotency::reserve(
-            &tx,
-            &caller.key.org_id,
-            key,
-            &request_hash,
-            state.settings.gateway.idempotency_retention(),
-        )
-        .await?
-        {
-            Reservation::Fresh => {}
-            Reservation::Replay { status, body } => {
-                let status =
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                return Ok(json_response(status, &body));
-            }
-            Reservation::Mismatch | Reservation::InFlight => {
-                return Err(ApiError::conflict(
-                    ErrorCode::IdempotencyKeyReused,
-                    "this Idempotency-Key was used with a different request",
-                ));
-            }
-        }
+    if !is_valid_name(&repo_name) {
+        return Err(ApiError::not_found("repository"));
     }
-    let repo = load_repo(&tx, &caller.key.org_id, &repo_name).await?;
-    let outcome: Result<(depot_store::syncs::SyncRecord, i64), ApiError> = async {
-        if repo.upstream.is_none() {
-            return Err(ApiError::conflict(
-                ErrorCode::UpstreamNotConfigured,
-                "the repository has no upstream",
-            ));
-        }
-        let sync_id = new_id("sync");
-        match depot_store::syncs::enqueue(
-            &tx,
-            &sync_id,
-            &repo.id,
-            request.direction,
-            &request.globs,
-        )
-        .await
-        .map_err(|e| {
-            // The repo was deleted between our lookup and the insert.
-            if e.sql_state().is_some_and(|s| s.code() == "23503") {
-                ApiError::not_found("repository")
-            } else {
-                ApiError::from(e)
-            }
-        })? {
-            Enqueued::AlreadyQueued(existing) => Err(ApiError::conflict(
-                ErrorCode::SyncAlreadyQueued,
-                "an identical sync is already queued; it will see the latest state when it runs",
-            )
-            .with_detail("sync_id", existing)),
-            Enqueued::Created(sync) => {
-                let job = depot_broker::job(
-                    &sync.id,
-                    &sync.repo_id,
-                    sync.attempt,
-                    depot_telemetry::inject_current(),
-                );
-                let outbox_id =
-                    depot_store::outbox::insert(&tx, &sync.id, &job.encode_to_vec()).await?;
-                Ok((sync, outbox_id))
-            }
-        }
-    }
-    .await;
-    let (sync, outbox_id) = match outcome {
-        Ok(created) => created,
-        Err(e) if e.status == StatusCode::CONFLICT => {
-            // A 409 is a final answer too: replay it for the same key.
-            if let Some(key) = &idem_key {
-                idempotency::complete(&tx, &caller.key.org_id, key, 409, &e.body()).await?;
-                tx.commit().await?;
-            }
-            return Err(e);
-        }
-        Err(e) => return Err(e),
+    let idem = idem_key.as_deref().map(|key| Idempotency {
+        key,
+        request_hash: &request_hash,
+        retention: state.settings.gateway.idempotency_retention(),
+    });
+    let enqueue_request = enqueue::Request {
+        org_id: &caller.key.org_id,
+        repo_name: &repo_name,
+        direction: request.direction,
+        globs: &request.globs,
     };
-    let body = views::sync(&sync);
-    if let Some(key) = &idem_key {
-        idempotency::complete(&tx, &caller.key.org_id, key, 201, &body).await?;
+    let outcome = enqueue::enqueue(
+        &state.pool,
+        &state.publisher,
+        &enqueue_request,
+        idem.as_ref(),
+        |outcome| match answer(outcome) {
+            Ok(body) => Some((201, body)),
+            // A 409 is a final answer too: replay it for the same key.
+            Err(e) if e.status == StatusCode::CONFLICT => Some((409, e.body())),
+            Err(_) => None,
+        },
+    )
+    .await?;
+    match outcome {
+        Outcome::Replay { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Ok(json_response(status, &body))
+        }
+        Outcome::KeyReused => Err(ApiError::conflict(
+            ErrorCode::IdempotencyKeyReused,
+            "this Idempotency-Key was used with a different request",
+        )),
+        other => {
+            let body = answer(&other)?;
+            if let Outcome::Created(sync) = &other {
+                state.sync_watch.changed_repo(&sync.repo_id);
+            }
+            Ok(json_response(StatusCode::CREATED, &body))
+        }
     }
-    tx.commit().await?;
-    // Give the connection back before publishing: `publish` takes one of its
-    // own to mark the outbox row, and holding two per request starves the
-    // pool under concurrent POSTs (every request then waits on another).
-    drop(client);
-    tracing::info!(sync_id = %sync.id, repo_id = %sync.repo_id, direction = %sync.direction, "sync enqueued");
-    publish(&state, &sync, outbox_id).await;
-    Ok(json_response(StatusCode::CREATED, &body))
 }
 
-/// Publish right away when the broker is up. Any failure here is not the
-/// client's: the sync is committed with its outbox row, and the relay
-/// publishes rows left unconfirmed.
-async fn publish(state: &AppState, sync: &depot_store::syncs::SyncRecord, outbox_id: i64) {
-    let Some(broker) = state.broker.get() else {
-        tracing::warn!(sync_id = %sync.id, "broker unavailable; the relay will publish the job");
-        return;
-    };
-    let job = depot_broker::job(
-        &sync.id,
-        &sync.repo_id,
-        sync.attempt,
-        depot_telemetry::inject_current(),
-    );
-    match broker.publish(&job).await {
-        Ok(()) => {
-            let marked = async {
-                let client = state.pool.get().await?;
-                depot_store::outbox::mark_published(&client, outbox_id).await
-            };
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(5), marked)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(depot_store::StoreError::Corrupt(
-                        "timed out marking outbox row".into(),
-                    ))
-                })
-            {
-                // Harmless: the relay publishes again and the worker drops
-                // the duplicate.
-                tracing::warn!(sync_id = %sync.id, error = %e, "could not mark outbox row published");
-            }
-        }
-        Err(e) => {
-            tracing::warn!(sync_id = %sync.id, error = %e, "publish failed; the relay will retry");
-            state.broker.report_broken();
-        }
+/// A page of the sync list (fields in alphabetical order, see crate::views).
+#[derive(serde::Serialize)]
+struct SyncPage<'a> {
+    has_more: bool,
+    next_cursor: Option<String>,
+    syncs: Vec<views::SyncView<'a>>,
+}
+
+/// The answer an outcome of [`enqueue::enqueue`] gets: the 201 body, or the
+/// error.
+fn answer(outcome: &Outcome) -> Result<Value, ApiError> {
+    match outcome {
+        Outcome::Created(sync) => Ok(views::sync(sync)),
+        Outcome::AlreadyQueued(existing) => Err(ApiError::conflict(
+            ErrorCode::SyncAlreadyQueued,
+            "an identical sync is already queued; it will see the latest state when it runs",
+        )
+        .with_detail("sync_id", existing.clone())),
+        Outcome::UpstreamNotConfigured => Err(ApiError::conflict(
+            ErrorCode::UpstreamNotConfigured,
+            "the repository has no upstream",
+        )),
+        Outcome::RepoGone => Err(ApiError::not_found("repository")),
+        Outcome::Replay { .. } | Outcome::KeyReused => Err(ApiError::conflict(
+            ErrorCode::IdempotencyKeyReused,
+            "this Idempotency-Key was used with a different request",
+        )),
     }
 }
 
 pub async fn get(
     state: web::Data<AppState>,
     mut caller: Caller,
+    req: HttpRequest,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (org, repo_name, sync_id) = path.into_inner();
@@ -277,7 +217,9 @@ pub async fn get(
     if !is_valid_name(&repo_name) {
         return Err(ApiError::not_found("repository"));
     }
-    let client = caller.db(&state.pool).await?;
+    // Each read takes its own connection (conditional::respond holds none
+    // while waiting).
+    caller.release_db();
     // An id that is not one of ours still needs the repo checked first: a
     // missing repo is reported before a missing sync.
     let sync_id = if looks_like("sync", &sync_id) {
@@ -285,16 +227,24 @@ pub async fn get(
     } else {
         ""
     };
-    match depot_store::syncs::in_repo(&client, &caller.key.org_id, &repo_name, sync_id).await? {
-        Lookup::NoRepo => Err(ApiError::not_found("repository")),
-        Lookup::NoSync => Err(ApiError::not_found("sync")),
-        Lookup::Found(sync) => Ok(HttpResponse::Ok().json(views::sync(&sync))),
-    }
+    let (pool, org_id) = (&state.pool, caller.key.org_id.as_str());
+    let read = || async {
+        let client = pool.get().await?;
+        match depot_store::syncs::in_repo(&client, org_id, &repo_name, sync_id).await? {
+            Lookup::NoRepo => Err(ApiError::not_found("repository")),
+            Lookup::NoSync => Err(ApiError::not_found("sync")),
+            Lookup::Found(sync) => {
+                Ok((Representation::json(views::sync_text(&sync)), sync.repo_id))
+            }
+        }
+    };
+    conditional::respond(&state, &req, Watch::Sync(sync_id), read).await
 }
 
 pub async fn list(
     state: web::Data<AppState>,
     mut caller: Caller,
+    req: HttpRequest,
     path: web::Path<(String, String)>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -305,19 +255,28 @@ pub async fn list(
         Some(c) => pagination::decode("s", c)?,
         None => i64::MAX,
     };
-    let client = caller.db(&state.pool).await?;
-    let repo = load_repo(&client, &caller.key.org_id, &repo_name).await?;
-    let mut syncs = depot_store::syncs::list(&client, &repo.id, before, limit + 1).await?;
-    let has_more = syncs.len() as i64 > limit;
-    syncs.truncate(limit as usize);
-    let next_cursor = if has_more {
-        syncs.last().map(|s| pagination::encode("s", s.seq))
-    } else {
-        None
+    caller.release_db();
+    let (pool, org_id) = (&state.pool, caller.key.org_id.as_str());
+    let read = || async {
+        let client = pool.get().await?;
+        let repo = load_repo(&client, org_id, &repo_name).await?;
+        let mut syncs = depot_store::syncs::list(&client, &repo.id, before, limit + 1).await?;
+        drop(client);
+        let has_more = syncs.len() as i64 > limit;
+        syncs.truncate(limit as usize);
+        let next_cursor = if has_more {
+            syncs.last().map(|s| pagination::encode("s", s.seq))
+        } else {
+            None
+        };
+        let page = SyncPage {
+            has_more,
+            next_cursor,
+            syncs: syncs.iter().map(|s| views::SyncView::of(s, None)).collect(),
+        };
+        Ok((Representation::json(views::text(&page)), repo.id))
     };
-    let items: Vec<Value> = syncs.iter().map(views::sync).collect();
-    Ok(HttpResponse::Ok()
-        .json(json!({ "next_cursor": next_cursor, "has_more": has_more, "syncs": items })))
+    conditional::respond(&state, &req, Watch::RepoOfRead, read).await
 }
 
 #[cfg(test)]
