@@ -21,18 +21,17 @@ use crate::transport::Scope;
 use crate::{Credentials, RunSpec};
 use depot_domain::FailureCode;
 
-/// Refuse anything but plain http(s) URLs without userinfo. The caller has
-/// applied the upstream policy already; this keeps libgit2 away from
-/// `file://`, `ssh`, `ext::` and URL-embedded credentials even if it did not.
+/// Refuse anything but plain http(s) URLs without userinfo: the syntax half
+/// of the URL policy (`depot_domain::policy::check_syntax`, the same rules
+/// the gateway applied when the URL was stored), again here so that libgit2
+/// stays away from `file://`, `ssh`, `ext::` and URL-embedded credentials
+/// whatever the caller did.
 pub(crate) fn check_url(raw: &str) -> Result<(), SyncError> {
-    let url = url::Url::parse(raw).map_err(|_| SyncError::of(FailureCode::InvalidUrl))?;
-    let scheme_ok = matches!(url.scheme(), "http" | "https");
-    let no_userinfo = url.username().is_empty() && url.password().is_none();
-    if scheme_ok && no_userinfo && url.host_str().is_some_and(|h| !h.is_empty()) {
-        Ok(())
-    } else {
-        Err(SyncError::of(FailureCode::InvalidUrl))
-    }
+    const SCHEMES: [&str; 2] = ["http", "https"];
+    let schemes = SCHEMES.map(String::from);
+    depot_domain::policy::check_syntax(raw, &schemes)
+        .map(drop)
+        .map_err(|_| SyncError::of(FailureCode::InvalidUrl))
 }
 
 /// Why a callback stopped libgit2; libgit2 itself only reports "user
