@@ -303,6 +303,45 @@ async fn the_gateway_counts_requests_by_route_template_and_status_with_latencies
     env.cleanup().await.unwrap();
 }
 
+/// A run that fails is counted under its failure code; other codes stay
+/// listed at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_counts_failed_runs_by_failure_code() {
+    let upstream = Upstream::start("measured").unwrap();
+    upstream.work.commit("main", "first").unwrap();
+    upstream.publish().unwrap();
+    let env = TestEnv::start(EnvOptions::default()).await.unwrap();
+    let key = env.org_and_key("acme", "read,write").unwrap();
+    create_repo(&env, &key, "mirror", basic_upstream(&upstream, "wrong")).await;
+    let sync = post_sync(&env, &key, "mirror", "pull").await;
+    let done = env
+        .wait_for_sync(
+            &key,
+            "acme",
+            "mirror",
+            sync["id"].as_str().unwrap(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done["error"], "authentication_failed", "{done}");
+    let admin = env.worker_admin_url(0).await.unwrap();
+    let failed = r#"depot_sync_run_failures_total{code="authentication_failed",direction="pull"}"#;
+    let text = eventually(Duration::from_secs(10), "the failure counted", || {
+        let url = format!("{admin}/metrics");
+        let env = &env;
+        async move {
+            let (status, text) = env.get_text(&url).await?;
+            Ok((status == 200 && sample(&text, failed) == Some(1.0)).then_some(text))
+        }
+    })
+    .await
+    .unwrap();
+    let other = r#"depot_sync_run_failures_total{code="timeout",direction="pull"}"#;
+    assert_eq!(sample(&text, other), Some(0.0), "{text}");
+    env.cleanup().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_counts_syncs_ref_outcomes_attempts_lag_backlog_and_traffic() {
     let (_upstream, env, key, sync) = measured_env().await;

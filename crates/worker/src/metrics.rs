@@ -15,7 +15,7 @@
 
 use crate::Ctx;
 use actix_web::{App, HttpResponse, HttpServer, web};
-use depot_domain::{Direction, Outcome, Stats};
+use depot_domain::{Direction, FailureCode, Outcome, Stats};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct WorkerMetrics {
     registry: Registry,
     runs: IntCounterVec,
+    failures: IntCounterVec,
     finished: IntCounterVec,
     refs: IntCounterVec,
     run_duration: HistogramVec,
@@ -124,6 +125,9 @@ impl WorkerMetrics {
             for status in FINAL_STATUSES {
                 self.finished.with_label_values(&[d, status]);
             }
+            for code in FailureCode::ALL.map(FailureCode::as_str) {
+                self.failures.with_label_values(&[d, code]);
+            }
             for outcome in OUTCOMES {
                 self.refs.with_label_values(&[d, outcome_label(outcome)]);
             }
@@ -196,6 +200,12 @@ impl WorkerMetrics {
                 "depot_sync_runs_total",
                 "Sync runs (attempts) ended, by direction and result: completed, failed, retry (re-queued with backoff), released (shutdown), lost_lease (outcome discarded).",
                 &["direction", "result"],
+            ),
+            failures: counter(
+                &r,
+                "depot_sync_run_failures_total",
+                "Runs that ended in failure (retried or final), by direction and failure code (docs/sync-semantics.md lists the codes).",
+                &["direction", "code"],
             ),
             finished: counter(
                 &r,
@@ -311,6 +321,14 @@ pub(crate) fn run_started(
             .with_label_values(&[direction.as_str()])
             .observe(lag.as_secs_f64());
     }
+}
+
+/// A run failed with `code` (whether it is retried or final).
+pub(crate) fn run_failed(direction: Direction, code: FailureCode) {
+    metrics()
+        .failures
+        .with_label_values(&[direction.as_str(), code.as_str()])
+        .inc();
 }
 
 /// A run ended with `result` (completed, failed, retry, released), unless

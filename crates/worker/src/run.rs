@@ -336,6 +336,9 @@ fn observe(
         elapsed,
         matches!(written, Ok(false)),
     );
+    if let (Ok(true), Some(code)) = (written, verdict.code()) {
+        crate::metrics::run_failed(direction, code);
+    }
     let elapsed_ms = elapsed.as_millis() as u64;
     match written {
         Ok(true) => match verdict.error() {

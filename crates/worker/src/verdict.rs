@@ -11,7 +11,7 @@
 //!   records an error: the sync goes back to `queued` as it was.
 
 use depot_domain::retry::backoff;
-use depot_domain::{Failure, Stats};
+use depot_domain::{Failure, FailureCode, Stats};
 use std::time::Duration;
 
 /// Whether a completed run moves the repository's recorded head.
@@ -43,9 +43,10 @@ pub(crate) enum RunOutcome {
     Released,
     /// Shutdown or lost lease, and the git thread did not stop in time (the
     /// transport stops network I/O on the cancel flag, so this is a thread
-    /// stuck elsewhere, e.g. on hung storage): give the sync back, but not to be claimed before the
-    /// thread's last possible write is older than the stale-lock age the
-    /// next run clears (see [`RetryPolicy::abandoned_delay`]).
+    /// stuck elsewhere, e.g. on hung storage): give the sync back, but not
+    /// to be claimed before the thread's last possible write is older than
+    /// the stale-lock age the next run clears (see
+    /// [`RetryPolicy::abandoned_delay`]).
     Abandoned,
 }
 
@@ -89,6 +90,14 @@ impl Verdict {
             Verdict::Retry { error, .. } | Verdict::Fail { error, .. } => Some(error),
             Verdict::Complete { .. } | Verdict::Release { .. } => None,
         }
+    }
+
+    /// The failure code the recorded error starts with (`code`, `code: …`
+    /// or `code (gave up …)`).
+    pub(crate) fn code(&self) -> Option<FailureCode> {
+        let error = self.error()?;
+        let end = error.find([':', ' ']).unwrap_or(error.len());
+        FailureCode::parse(&error[..end])
     }
 }
 
@@ -250,6 +259,23 @@ mod tests {
         );
         assert_eq!(v.error(), Some("authentication_failed"));
         assert_eq!(v.label(), "failed");
+    }
+
+    #[test]
+    fn the_failure_code_is_read_back_from_every_recorded_form() {
+        assert_eq!(retry(3).code(), Some(FailureCode::Timeout));
+        let detailed = verdict(
+            RunOutcome::Failed {
+                error: FailureCode::UpstreamRefused.with("no"),
+                stats: None,
+            },
+            1,
+            &POLICY,
+            0.0,
+        );
+        assert_eq!(detailed.code(), Some(FailureCode::UpstreamRefused));
+        let released = verdict(RunOutcome::Released, 1, &POLICY, 0.0);
+        assert_eq!(released.code(), None);
     }
 
     #[test]
