@@ -249,6 +249,15 @@ const REPO_ID_FIELD: &str = "'\\x12'::bytea
 /// whose payload is `job_without_repo` completed with the repository's id
 /// (see [`REPO_ID_FIELD`]). Atomic by itself; inside the caller's
 /// transaction when it has more to write (idempotency).
+///
+/// The twin lookup takes the repository id as a scalar subquery, not as a
+/// join: a pooled connection keeps its generic plan for good (nothing
+/// re-plans it while the table is not re-analyzed), and a join planned
+/// while `syncs` was small was ordered syncs-first, probing
+/// `syncs_queued_identity` without its leading `repo_id` column, a scan
+/// of the whole queued backlog per POST (issue 14, docs/benchmarks.md).
+/// As a parameter of the scan, `repo_id` is always part of its index
+/// condition.
 pub async fn create_queued(
     client: &impl GenericClient,
     org_id: &str,
@@ -265,8 +274,9 @@ pub async fn create_queued(
                  FROM repos r LEFT JOIN upstreams u ON u.repo_id = r.id
                  WHERE r.org_id = $1 AND r.name = $2),
              twin AS (
-                 SELECT s.id FROM r JOIN syncs s ON s.repo_id = r.id
-                 WHERE s.direction = $4 AND s.branches_glob = $5 AND s.tags_glob = $6
+                 SELECT s.id FROM syncs s
+                 WHERE s.repo_id = (SELECT id FROM r)
+                   AND s.direction = $4 AND s.branches_glob = $5 AND s.tags_glob = $6
                    AND s.status = 'queued'
                  ORDER BY s.seq LIMIT 1),
              ins AS (
