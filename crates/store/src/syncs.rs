@@ -243,6 +243,37 @@ const REPO_ID_FIELD: &str = "'\\x12'::bytea
                           1, octet_length(ins.repo_id) >> 7) END
     || convert_to(ins.repo_id, 'UTF8')";
 
+/// The text of [`create_queued`]'s statement (its plan is checked in
+/// crates/store/tests/query_plans.rs).
+pub fn create_queued_sql() -> String {
+    format!(
+        "WITH r AS (
+                 SELECT r.id, u.repo_id IS NOT NULL AS has_upstream
+                 FROM repos r LEFT JOIN upstreams u ON u.repo_id = r.id
+                 WHERE r.org_id = $1 AND r.name = $2),
+             twin AS (
+                 SELECT s.id FROM syncs s
+                 WHERE s.repo_id = (SELECT id FROM r)
+                   AND s.direction = $4 AND s.branches_glob = $5 AND s.tags_glob = $6
+                   AND s.status = 'queued'
+                 ORDER BY s.seq LIMIT 1),
+             ins AS (
+                 INSERT INTO syncs AS s (id, repo_id, direction, branches_glob, tags_glob)
+                 SELECT $3, r.id, $4, $5, $6 FROM r
+                 WHERE r.has_upstream AND NOT EXISTS (SELECT 1 FROM twin)
+                 ON CONFLICT (repo_id, direction, branches_glob, tags_glob)
+                     WHERE status = 'queued' AND attempt = 0 DO NOTHING
+                 RETURNING {COLUMNS}),
+             ob AS (
+                 INSERT INTO outbox (sync_id, payload)
+                 SELECT ins.id, $7::bytea || {REPO_ID_FIELD} FROM ins
+                 RETURNING id)
+             SELECT r.has_upstream, (SELECT id FROM twin) AS twin, (SELECT id FROM ob) AS outbox_id,
+                    ins.*
+             FROM r LEFT JOIN ins ON true"
+    )
+}
+
 /// The whole of a POST's domain work in one statement (one round trip):
 /// find the repository by name, check its upstream, look for a queued twin
 /// (`syncs_queued_identity`), insert the sync, and insert its outbox row
@@ -267,34 +298,7 @@ pub async fn create_queued(
     globs: &RefGlobs,
     job_without_repo: &[u8],
 ) -> Result<Created> {
-    let stmt = client
-        .prepare_cached(&format!(
-            "WITH r AS (
-                 SELECT r.id, u.repo_id IS NOT NULL AS has_upstream
-                 FROM repos r LEFT JOIN upstreams u ON u.repo_id = r.id
-                 WHERE r.org_id = $1 AND r.name = $2),
-             twin AS (
-                 SELECT s.id FROM syncs s
-                 WHERE s.repo_id = (SELECT id FROM r)
-                   AND s.direction = $4 AND s.branches_glob = $5 AND s.tags_glob = $6
-                   AND s.status = 'queued'
-                 ORDER BY s.seq LIMIT 1),
-             ins AS (
-                 INSERT INTO syncs AS s (id, repo_id, direction, branches_glob, tags_glob)
-                 SELECT $3, r.id, $4, $5, $6 FROM r
-                 WHERE r.has_upstream AND NOT EXISTS (SELECT 1 FROM twin)
-                 ON CONFLICT (repo_id, direction, branches_glob, tags_glob)
-                     WHERE status = 'queued' AND attempt = 0 DO NOTHING
-                 RETURNING {COLUMNS}),
-             ob AS (
-                 INSERT INTO outbox (sync_id, payload)
-                 SELECT ins.id, $7::bytea || {REPO_ID_FIELD} FROM ins
-                 RETURNING id)
-             SELECT r.has_upstream, (SELECT id FROM twin) AS twin, (SELECT id FROM ob) AS outbox_id,
-                    ins.*
-             FROM r LEFT JOIN ins ON true"
-        ))
-        .await?;
+    let stmt = client.prepare_cached(&create_queued_sql()).await?;
     let args: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
         &org_id,
         &repo_name,
