@@ -243,30 +243,18 @@ const REPO_ID_FIELD: &str = "'\\x12'::bytea
                           1, octet_length(ins.repo_id) >> 7) END
     || convert_to(ins.repo_id, 'UTF8')";
 
-/// The whole of a POST's domain work in one statement (one round trip):
-/// find the repository by name, check its upstream, look for a queued twin
-/// (`syncs_queued_identity`), insert the sync, and insert its outbox row
-/// whose payload is `job_without_repo` completed with the repository's id
-/// (see [`REPO_ID_FIELD`]). Atomic by itself; inside the caller's
-/// transaction when it has more to write (idempotency).
-pub async fn create_queued(
-    client: &impl GenericClient,
-    org_id: &str,
-    repo_name: &str,
-    id: &str,
-    direction: Direction,
-    globs: &RefGlobs,
-    job_without_repo: &[u8],
-) -> Result<Created> {
-    let stmt = client
-        .prepare_cached(&format!(
-            "WITH r AS (
+/// The text of [`create_queued`]'s statement (its plan is checked in
+/// crates/store/tests/query_plans.rs).
+pub fn create_queued_sql() -> String {
+    format!(
+        "WITH r AS (
                  SELECT r.id, u.repo_id IS NOT NULL AS has_upstream
                  FROM repos r LEFT JOIN upstreams u ON u.repo_id = r.id
                  WHERE r.org_id = $1 AND r.name = $2),
              twin AS (
-                 SELECT s.id FROM r JOIN syncs s ON s.repo_id = r.id
-                 WHERE s.direction = $4 AND s.branches_glob = $5 AND s.tags_glob = $6
+                 SELECT s.id FROM syncs s
+                 WHERE s.repo_id = (SELECT id FROM r)
+                   AND s.direction = $4 AND s.branches_glob = $5 AND s.tags_glob = $6
                    AND s.status = 'queued'
                  ORDER BY s.seq LIMIT 1),
              ins AS (
@@ -283,8 +271,34 @@ pub async fn create_queued(
              SELECT r.has_upstream, (SELECT id FROM twin) AS twin, (SELECT id FROM ob) AS outbox_id,
                     ins.*
              FROM r LEFT JOIN ins ON true"
-        ))
-        .await?;
+    )
+}
+
+/// The whole of a POST's domain work in one statement (one round trip):
+/// find the repository by name, check its upstream, look for a queued twin
+/// (`syncs_queued_identity`), insert the sync, and insert its outbox row
+/// whose payload is `job_without_repo` completed with the repository's id
+/// (see [`REPO_ID_FIELD`]). Atomic by itself; inside the caller's
+/// transaction when it has more to write (idempotency).
+///
+/// The twin lookup takes the repository id as a scalar subquery, not as a
+/// join: a pooled connection keeps its generic plan for good (nothing
+/// re-plans it while the table is not re-analyzed), and a join planned
+/// while `syncs` was small was ordered syncs-first, probing
+/// `syncs_queued_identity` without its leading `repo_id` column, a scan
+/// of the whole queued backlog per POST (issue 14, docs/benchmarks.md).
+/// As a parameter of the scan, `repo_id` is always part of its index
+/// condition.
+pub async fn create_queued(
+    client: &impl GenericClient,
+    org_id: &str,
+    repo_name: &str,
+    id: &str,
+    direction: Direction,
+    globs: &RefGlobs,
+    job_without_repo: &[u8],
+) -> Result<Created> {
+    let stmt = client.prepare_cached(&create_queued_sql()).await?;
     let args: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
         &org_id,
         &repo_name,
