@@ -764,3 +764,46 @@ async fn target_requests_are_validated_field_by_field_and_need_admin() {
     assert_eq!(list["has_more"], false);
     env.cleanup().await.unwrap();
 }
+
+/// Webhook secrets are sealed with `secrets.credential_key` too: after
+/// `depot-admin secrets rotate` and the removal of the old key everywhere,
+/// a target created under the old key still gets deliveries its secret
+/// verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_keeps_verifying_after_a_key_rotation_drops_the_old_key() {
+    const NEW_KEY: &str = "bmV3LXRlc3QtY3JlZGVudGlhbC1rZXktMzItYnl0ZXM=";
+    let mut env = TestEnv::start(webhook_env(&[])).await.unwrap();
+    let key = env.org_and_key(ORG, "read,write,admin").unwrap();
+    let receiver = WebhookReceiver::start().unwrap();
+    let (_, secret) = create_target(&env, &key, json!({"url": receiver.url()})).await;
+
+    let old_key = env.env["DEPOT__SECRETS__CREDENTIAL_KEY"].clone();
+    env.env
+        .insert("DEPOT__SECRETS__CREDENTIAL_KEY".into(), NEW_KEY.into());
+    env.env
+        .insert("DEPOT__SECRETS__PREVIOUS_CREDENTIAL_KEYS".into(), old_key);
+    let out = env.admin(&["secrets", "rotate"]).unwrap();
+    assert!(out.contains("re-encrypted 1 webhook secrets"), "{out}");
+    let again = env.admin(&["secrets", "rotate"]).unwrap();
+    assert!(
+        again.contains("re-encrypted 0 webhook secrets; 1 already under the current key"),
+        "{again}"
+    );
+
+    env.env.remove("DEPOT__SECRETS__PREVIOUS_CREDENTIAL_KEYS");
+    env.workers[0].terminate(Duration::from_secs(30)).unwrap();
+    env.start_worker().unwrap();
+    let (status, _) = env
+        .call(
+            "POST",
+            &format!("/v1/{ORG}/repos"),
+            Some(&key),
+            Some(&json!({"name": "after-rotation"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let events = verified(&secret, &accepted(&receiver, 1).await).await;
+    assert_eq!(types(&events), ["repo.created"]);
+    env.cleanup().await.unwrap();
+}

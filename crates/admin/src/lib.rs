@@ -45,8 +45,8 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum SecretsCommand {
-    /// Re-encrypt every stored upstream credential under
-    /// `secrets.credential_key`, reading old ones with
+    /// Re-encrypt every stored upstream credential and webhook target
+    /// secret under `secrets.credential_key`, reading old ones with
     /// `secrets.previous_credential_keys`; credentials sealed before origin
     /// binding are re-sealed bound to the origin of their row's URL. Safe
     /// to run while the service runs and to run again.
@@ -304,11 +304,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     report.not_for_their_url.join(", ")
                 );
             }
-            if report.unreadable > 0 {
+            // Webhook secrets are sealed with the same key: a rotation that
+            // left them would make every delivery fail once the old key is
+            // removed.
+            let hooks = rotate_webhook_secrets(client, &ring).await?;
+            println!(
+                "re-encrypted {} webhook secrets; {} already under the current key; {} changed concurrently (run again)",
+                hooks.rotated, hooks.current, hooks.raced
+            );
+            if !hooks.not_for_their_url.is_empty() {
+                eprintln!(
+                    "warning: {} webhook secrets do not open for their target (altered); left as they are, \
+                     delete and re-create these targets: {}",
+                    hooks.not_for_their_url.len(),
+                    hooks.not_for_their_url.join(", ")
+                );
+            }
+            if report.unreadable > 0 || hooks.unreadable > 0 {
                 bail!(
-                    "{} credentials are sealed under a key that is neither current nor previous; \
-                     add that key to secrets.previous_credential_keys and run again",
-                    report.unreadable
+                    "{} credentials and {} webhook secrets are sealed under a key that is neither \
+                     current nor previous; add that key to secrets.previous_credential_keys and run again",
+                    report.unreadable,
+                    hooks.unreadable
                 );
             }
         }
@@ -374,6 +391,49 @@ pub async fn rotate_credentials(
             };
             let resealed = ring.seal_credential(&credential, &row.repo_id, &origin)?;
             if depot_store::credentials::replace(client, &row, &resealed).await? {
+                report.rotated += 1;
+            } else {
+                report.raced += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// [`rotate_credentials`] for webhook targets' secrets: sealed for the
+/// target's id and `depot_store::webhooks::SECRET_ORIGIN` (their URL plays
+/// no part, so no legacy format exists), replaced by compare-and-swap on the
+/// sealed value. `not_for_their_url` names targets whose secret does not open
+/// for their id.
+pub async fn rotate_webhook_secrets(
+    client: &impl depot_store::GenericClient,
+    ring: &KeyRing,
+) -> anyhow::Result<RotationReport> {
+    use depot_store::webhooks::{SECRET_ORIGIN, replace_secret, secrets_page};
+    let mut report = RotationReport::default();
+    let mut after = String::new();
+    loop {
+        let page = secrets_page(client, &after, 200).await?;
+        let Some(last) = page.last() else { break };
+        after = last.target_id.clone();
+        for row in page {
+            if !ring.needs_rotation(&row.secret) {
+                report.current += 1;
+                continue;
+            }
+            let secret = match ring.open_credential(&row.secret, &row.target_id, SECRET_ORIGIN) {
+                Ok(s) => s,
+                Err(depot_secrets::SecretError::WrongKey) => {
+                    report.unreadable += 1;
+                    continue;
+                }
+                Err(_) => {
+                    report.not_for_their_url.push(row.target_id);
+                    continue;
+                }
+            };
+            let resealed = ring.seal_credential(&secret, &row.target_id, SECRET_ORIGIN)?;
+            if replace_secret(client, &row, &resealed).await? {
                 report.rotated += 1;
             } else {
                 report.raced += 1;

@@ -99,6 +99,7 @@ max_attempts = 32
 retry_base_ms = 60000
 retry_max_ms = 7200000
 max_response_bytes = 65536
+event_retention_hours = 720
 
 [secrets]
 
@@ -322,9 +323,17 @@ pub struct Webhooks {
     pub retry_max_ms: u64,
     /// Most bytes of a receiver's answer read (the rest is dropped).
     pub max_response_bytes: usize,
+    /// Events whose deliveries are all done are deleted, with their
+    /// deliveries, once this old (the delivery log and redelivery reach
+    /// back this far). Events with a pending delivery are always kept.
+    pub event_retention_hours: u64,
 }
 
 impl Webhooks {
+    pub fn event_retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.event_retention_hours.saturating_mul(3600))
+    }
+
     /// The shortest time from the first attempt to the last the retry
     /// schedule allows (every jitter at its minimum, half the delay).
     pub fn min_retry_span(&self) -> std::time::Duration {
@@ -615,6 +624,14 @@ impl Settings {
             ));
         }
         positive(w.max_response_bytes as u64, "webhooks.max_response_bytes")?;
+        // Above ten years is a typo, not a policy; it would also overflow
+        // the interval the prune computes.
+        if !(1..=87_600).contains(&w.event_retention_hours) {
+            return Err(SettingsError::key(
+                "webhooks.event_retention_hours",
+                "must be between 1 and 87600",
+            ));
+        }
         if let Some(key) = &self.secrets.credential_key {
             self::credential_key_bytes(key)
                 .map_err(|p| SettingsError::key("secrets.credential_key", p))?;
@@ -714,6 +731,24 @@ mod tests {
     }
 
     #[test]
+    fn webhook_events_are_kept_thirty_days_unless_set() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(
+            s.webhooks.event_retention(),
+            std::time::Duration::from_secs(30 * 86_400)
+        );
+        let s = Settings::load_from(
+            None,
+            env(&[("DEPOT__WEBHOOKS__EVENT_RETENTION_HOURS", "48")]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.webhooks.event_retention(),
+            std::time::Duration::from_secs(2 * 86_400)
+        );
+    }
+
+    #[test]
     fn webhook_settings_are_validated() {
         for (key, value) in [
             ("DEPOT__WEBHOOKS__CONCURRENCY", "0"),
@@ -721,6 +756,8 @@ mod tests {
             ("DEPOT__WEBHOOKS__TIMEOUT_MS", "10"),
             ("DEPOT__WEBHOOKS__RETRY_MAX_MS", "1"),
             ("DEPOT__WEBHOOKS__REPO_URL_BASE", "ftp://x"),
+            ("DEPOT__WEBHOOKS__EVENT_RETENTION_HOURS", "0"),
+            ("DEPOT__WEBHOOKS__EVENT_RETENTION_HOURS", "87601"),
         ] {
             let e = Settings::load_from(None, env(&[(key, value)])).unwrap_err();
             let name = key

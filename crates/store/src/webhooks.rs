@@ -579,6 +579,57 @@ pub fn repo_from_snapshot(v: &Value) -> Result<RepoSnapshot> {
 /// so a sealed upstream credential never opens as a webhook secret).
 pub const SECRET_ORIGIN: &str = "depot:webhook-target-secret";
 
+/// One target's sealed secret, as a key rotation walks them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    pub target_id: String,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedSecret")
+            .field("target_id", &self.target_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A page of targets' sealed secrets, ordered by target id, after `after`.
+pub async fn secrets_page(
+    client: &impl GenericClient,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<SealedSecret>> {
+    let stmt = client
+        .prepare_cached("SELECT id, secret FROM webhook_targets WHERE id > $1 ORDER BY id LIMIT $2")
+        .await?;
+    Ok(client
+        .query(&stmt, &[&after, &limit])
+        .await?
+        .iter()
+        .map(|r| SealedSecret {
+            target_id: r.get(0),
+            secret: r.get(1),
+        })
+        .collect())
+}
+
+/// Replace a target's sealed secret if it still holds `old` (a target
+/// deleted or re-created meanwhile wins); true when replaced.
+pub async fn replace_secret(
+    client: &impl GenericClient,
+    old: &SealedSecret,
+    new: &[u8],
+) -> Result<bool> {
+    let stmt = client
+        .prepare_cached("UPDATE webhook_targets SET secret = $3 WHERE id = $1 AND secret = $2")
+        .await?;
+    Ok(client
+        .execute(&stmt, &[&old.target_id, &old.secret, &new])
+        .await?
+        == 1)
+}
+
 /// Mesa's event envelope `{id, type, occurred_at, organization, repository,
 /// data}` for `event`; `repository.url` is `<repo_url_base>/<org>/<repo>.git`.
 pub fn envelope(event: &Event, repo_url_base: &str) -> Result<Value> {

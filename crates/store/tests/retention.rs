@@ -406,3 +406,71 @@ async fn housekeeping_candidates_are_the_repositories_not_looked_at_lately() {
         .collect();
     assert_eq!(due, vec!["repo_c".to_string(), "repo_a".to_string()]);
 }
+
+/// Webhook events whose deliveries are all done (succeeded or failed) are
+/// deleted with their deliveries once older than the retention given; a
+/// younger one and one with a pending delivery, however old, are kept.
+#[tokio::test]
+async fn webhook_events_older_than_the_retention_go_unless_a_delivery_is_pending() {
+    use depot_store::webhooks;
+    let (_db, pool, org) = setup("depot_hookret").await;
+    let client = pool.get().await.unwrap();
+    let events: Vec<String> = webhooks::EVENTS.iter().map(|e| e.to_string()).collect();
+    webhooks::insert_target(
+        &client,
+        &webhooks::NewTarget {
+            id: "wht_ret",
+            org_id: &org,
+            name: None,
+            url: "https://hooks.example.com/",
+            events: &events,
+            repo_ids: None,
+            secret: b"sealed",
+        },
+    )
+    .await
+    .unwrap();
+    // Each repository's creation records one event with one delivery.
+    for (id, status, age_hours) in [
+        ("old_ok", "succeeded", 72),
+        ("old_failed", "failed", 72),
+        ("young_ok", "succeeded", 24),
+        ("old_pending", "pending", 72),
+    ] {
+        repo(&pool, &org, id).await;
+        client
+            .execute(
+                "UPDATE webhook_deliveries d SET status = $2 FROM webhook_events e
+                 WHERE e.id = d.event_id AND e.repo_id = $1",
+                &[&id, &status],
+            )
+            .await
+            .unwrap();
+        client
+            .execute(
+                "UPDATE webhook_events SET occurred_at = now() - make_interval(hours => $2)
+                 WHERE repo_id = $1",
+                &[&id, &age_hours],
+            )
+            .await
+            .unwrap();
+    }
+    let retention = Duration::from_secs(48 * 3600);
+    assert_eq!(webhooks::prune(&client, retention, 100).await.unwrap(), 2);
+    let repos_of = async |sql: &str| -> Vec<String> {
+        let rows = client.query(sql, &[]).await.unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    };
+    assert_eq!(
+        repos_of("SELECT repo_id FROM webhook_events ORDER BY repo_id").await,
+        ["old_pending", "young_ok"]
+    );
+    assert_eq!(
+        repos_of(
+            "SELECT e.repo_id FROM webhook_deliveries d
+             JOIN webhook_events e ON e.id = d.event_id ORDER BY e.repo_id"
+        )
+        .await,
+        ["old_pending", "young_ok"]
+    );
+}

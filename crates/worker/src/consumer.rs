@@ -1,36 +1,71 @@
-//! The consuming loop: take deliveries from the jobs queue, run each in its
-//! own task, reconnect when the broker goes away, and drain on shutdown.
+//! The consuming loop, one for every kind of job: take messages from the
+//! kind's queue, run each in its own task, reconnect when the broker goes
+//! away, and drain on shutdown.
+//!
+//! Invariants:
+//! - each kind has its own queue, channel and permits ([`Jobs`]): a
+//!   slow webhook target can hold every delivery slot and never a sync's;
+//! - a kind never runs more than its concurrency at once, not even across a
+//!   reconnect (messages taken on a broken channel still hold permits);
+//! - on shutdown no new message is taken; what runs is left to the kind's
+//!   [`Jobs::drain`].
 
 use crate::Ctx;
-use crate::run::handle_delivery;
+use depot_broker::Delivery;
 use futures_util::StreamExt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken, grace: Duration) {
+/// The queue a kind consumes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Queue {
+    Jobs,
+    Webhooks,
+}
+
+/// What the runner needs to know of a kind of job.
+pub(crate) trait Jobs: Send + Sync + 'static {
+    /// Names the kind in logs ("sync jobs").
+    const WHAT: &'static str;
+    const QUEUE: Queue;
+    /// Consumer tag: unique per worker and kind.
+    fn tag(&self) -> String;
+    /// Most messages run at once (and the channel's prefetch).
+    fn concurrency(&self) -> u16;
+    /// Run one message to its ack (or reject); never fails.
+    fn handle(self: &Arc<Self>, delivery: Delivery) -> impl Future<Output = ()> + Send + 'static;
+    /// On shutdown, after consuming stopped: end what still runs.
+    fn drain(&self, tasks: &mut JoinSet<()>) -> impl Future<Output = ()> + Send;
+}
+
+pub(crate) async fn run<K: Jobs>(ctx: Arc<Ctx>, kind: Arc<K>, shutdown: CancellationToken) {
     let mut tasks = JoinSet::new();
-    let tag = crate::worker_identity();
+    let tag = kind.tag();
     let mut backoff = Duration::from_millis(100);
-    // `worker.concurrency` bounds runs, not just one channel's prefetch:
-    // runs taken on a channel that broke go on while the next channel
-    // receives its own prefetch, and without these permits the worker ran
-    // up to twice its concurrency after every broker reconnect.
-    let concurrency = usize::from(ctx.settings.worker.concurrency);
-    let permits = Arc::new(Semaphore::new(concurrency));
+    let prefetch = kind.concurrency();
+    // The concurrency bounds runs, not just one channel's prefetch: runs
+    // taken on a channel that broke go on while the next channel receives
+    // its own prefetch, and without these permits the worker ran up to
+    // twice its concurrency after every broker reconnect.
+    let permits = Arc::new(Semaphore::new(usize::from(prefetch)));
     'outer: while !shutdown.is_cancelled() {
         let broker = tokio::select! {
             b = ctx.broker.wait(Duration::from_secs(5)) => b,
             _ = shutdown.cancelled() => break,
         };
         let Some(broker) = broker else { continue };
-        let prefetch = ctx.settings.worker.concurrency;
-        let (channel, mut consumer) = match broker.consume(prefetch, &tag).await {
+        let consumed = match K::QUEUE {
+            Queue::Jobs => broker.consume(prefetch, &tag).await,
+            Queue::Webhooks => broker.consume_webhooks(prefetch, &tag).await,
+        };
+        let (channel, mut consumer) = match consumed {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot start consuming");
+                tracing::warn!(error = %e, what = K::WHAT, "cannot start consuming");
                 ctx.broker.report_broken();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -38,16 +73,16 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken, grace: Durat
             }
         };
         backoff = Duration::from_millis(100);
-        tracing::info!(prefetch, "consuming sync jobs");
+        tracing::info!(prefetch, "consuming {}", K::WHAT);
         let stop = async |tasks: &mut JoinSet<()>| {
-            // Stop receiving; deliveries already taken run on and are acked
+            // Stop receiving; messages already taken run on and are acked
             // on this (still open) channel.
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
                 channel.basic_cancel(tag.as_str().into(), Default::default()),
             )
             .await;
-            drain(&ctx, tasks, grace).await;
+            kind.drain(tasks).await;
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
                 channel.close(200, "shutdown".into()),
@@ -75,19 +110,19 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken, grace: Durat
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        let ctx = ctx.clone();
+                        let run = kind.handle(delivery);
                         tasks.spawn(async move {
-                            handle_delivery(ctx, delivery).await;
+                            run.await;
                             drop(permit);
                         });
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "consumer failed; reconnecting");
+                        tracing::warn!(error = %e, what = K::WHAT, "consumer failed; reconnecting");
                         ctx.broker.report_broken();
                         break;
                     }
                     None => {
-                        tracing::warn!("consumer cancelled by the broker; reconnecting");
+                        tracing::warn!(what = K::WHAT, "consumer cancelled by the broker; reconnecting");
                         ctx.broker.report_broken();
                         break;
                     }
@@ -95,32 +130,56 @@ pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken, grace: Durat
             }
         }
     }
-    drain(&ctx, &mut tasks, grace).await;
+    kind.drain(&mut tasks).await;
 }
 
-/// Wait up to `grace` for running syncs; then tell the rest to stop (they
-/// release their syncs back to `queued`) and wait for that.
-async fn drain(ctx: &Ctx, tasks: &mut JoinSet<()>, grace: Duration) {
-    // The set still holds runs that ended since the consuming loop last
-    // reaped it: count only those still running, or the log claims a wait
-    // for syncs that are long done.
-    while tasks.try_join_next().is_some() {}
-    if tasks.is_empty() {
-        tracing::debug!("no running syncs to wait for");
-        return;
+/// Sync jobs: `worker.concurrency` runs, drained for the shutdown grace.
+pub(crate) struct SyncJobs {
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) grace: Duration,
+}
+
+impl Jobs for SyncJobs {
+    const WHAT: &'static str = "sync jobs";
+    const QUEUE: Queue = Queue::Jobs;
+
+    fn tag(&self) -> String {
+        crate::worker_identity()
     }
-    tracing::info!(
-        running = tasks.len(),
-        grace_seconds = grace.as_secs(),
-        "waiting for running syncs"
-    );
-    let all_done = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, all_done).await.is_err() {
-        tracing::warn!(
+
+    fn concurrency(&self) -> u16 {
+        self.ctx.settings.worker.concurrency
+    }
+
+    fn handle(self: &Arc<Self>, delivery: Delivery) -> impl Future<Output = ()> + Send + 'static {
+        crate::run::handle_delivery(self.ctx.clone(), delivery)
+    }
+
+    /// Wait up to the grace for running syncs; then tell the rest to stop
+    /// (they release their syncs back to `queued`) and wait for that.
+    async fn drain(&self, tasks: &mut JoinSet<()>) {
+        let grace = self.grace;
+        // The set still holds runs that ended since the consuming loop last
+        // reaped it: count only those still running, or the log claims a
+        // wait for syncs that are long done.
+        while tasks.try_join_next().is_some() {}
+        if tasks.is_empty() {
+            tracing::debug!("no running syncs to wait for");
+            return;
+        }
+        tracing::info!(
             running = tasks.len(),
-            "grace period over; releasing running syncs"
+            grace_seconds = grace.as_secs(),
+            "waiting for running syncs"
         );
-        ctx.hard_stop.cancel();
-        while tasks.join_next().await.is_some() {}
+        let all_done = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, all_done).await.is_err() {
+            tracing::warn!(
+                running = tasks.len(),
+                "grace period over; releasing running syncs"
+            );
+            self.ctx.hard_stop.cancel();
+            while tasks.join_next().await.is_some() {}
+        }
     }
 }

@@ -78,7 +78,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let relay = tokio::spawn(relay::run(ctx.clone(), shutdown.clone()));
     let maintenance = tokio::spawn(maintenance::run(ctx.clone(), shutdown.clone()));
     let deliveries = tokio::spawn(webhooks::run(ctx.clone(), shutdown.clone()));
-    consumer::run(ctx.clone(), shutdown.clone(), grace).await;
+    let syncs = Arc::new(consumer::SyncJobs {
+        ctx: ctx.clone(),
+        grace,
+    });
+    consumer::run(ctx.clone(), syncs, shutdown.clone()).await;
     let _ = deliveries.await;
     relay.abort();
     // Cancelled by `shutdown` already; a pass in progress stops its git

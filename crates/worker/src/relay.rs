@@ -31,9 +31,6 @@ const BATCH: i64 = 100;
 const OUTBOX_MIN_AGE: Duration = Duration::from_secs(2);
 /// A delivery published this recently is presumably on its way.
 const DELIVERY_SETTLE: Duration = Duration::from_secs(1);
-/// Events whose deliveries are all done are kept this long (the delivery
-/// log, redelivery).
-const EVENT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     let every = Duration::from_millis(ctx.settings.worker.relay_interval_ms.max(50));
@@ -59,7 +56,8 @@ async fn tick(ctx: &Ctx, ticks: u64) -> Result<(), StoreError> {
         purge_deleted(ctx).await?;
         let client = ctx.pool.get().await?;
         depot_store::outbox::prune(&client, Duration::from_secs(24 * 3600)).await?;
-        depot_store::webhooks::prune(&client, EVENT_RETENTION, BATCH).await?;
+        depot_store::webhooks::prune(&client, ctx.settings.webhooks.event_retention(), BATCH)
+            .await?;
     }
     Ok(())
 }

@@ -17,18 +17,17 @@
 //!   worker's slots; a job over that is left to the relay's next pass.
 
 use crate::Ctx;
+use crate::consumer::{Jobs, Queue};
 use depot_broker::{BasicAckOptions, BasicRejectOptions, Delivery};
 use depot_contracts::sync_v1::JobKind;
 use depot_secrets::Credential;
 use depot_store::webhooks::{Claim, Claimed, Outcome};
-use futures_util::StreamExt;
 use hmac::Mac;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -94,73 +93,46 @@ impl Drop for Slot {
 
 pub(crate) async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     LazyLock::force(&METRICS);
-    let mut tasks = JoinSet::new();
-    let tag = format!("{}-webhooks", crate::worker_identity());
-    let concurrency = ctx.settings.webhooks.concurrency;
-    let permits = Arc::new(Semaphore::new(usize::from(concurrency)));
-    let in_flight = Arc::new(InFlight::default());
-    let mut backoff = Duration::from_millis(100);
-    'outer: while !shutdown.is_cancelled() {
-        let broker = tokio::select! {
-            b = ctx.broker.wait(Duration::from_secs(5)) => b,
-            _ = shutdown.cancelled() => break,
-        };
-        let Some(broker) = broker else { continue };
-        let (channel, mut consumer) = match broker.consume_webhooks(concurrency, &tag).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start consuming webhook deliveries");
-                ctx.broker.report_broken();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
-        tracing::info!(prefetch = concurrency, "consuming webhook deliveries");
-        loop {
-            while tasks.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break 'outer,
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break 'outer,
-                },
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => break 'outer,
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let ctx = ctx.clone();
-                        let in_flight = in_flight.clone();
-                        tasks.spawn(async move {
-                            handle(&ctx, &in_flight, delivery).await;
-                            drop(permit);
-                        });
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "webhook consumer failed; reconnecting");
-                        ctx.broker.report_broken();
-                        break;
-                    }
-                    None => {
-                        tracing::warn!("webhook consumer cancelled by the broker; reconnecting");
-                        ctx.broker.report_broken();
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = tokio::time::timeout(
-            Duration::from_secs(5),
-            channel.close(200, "reconnect".into()),
-        )
-        .await;
+    let kind = Arc::new(Deliveries {
+        ctx: ctx.clone(),
+        in_flight: Arc::new(InFlight::default()),
+    });
+    crate::consumer::run(ctx, kind, shutdown).await;
+}
+
+/// Delivery jobs for the shared consuming loop (crate::consumer).
+struct Deliveries {
+    ctx: Arc<Ctx>,
+    in_flight: Arc<InFlight>,
+}
+
+impl Jobs for Deliveries {
+    const WHAT: &'static str = "webhook deliveries";
+    const QUEUE: Queue = Queue::Webhooks;
+
+    fn tag(&self) -> String {
+        format!("{}-webhooks", crate::worker_identity())
     }
-    // An attempt cut short stays pending under its lease and is sent again
-    // once the lease ran out (at least once); no need to wait long.
-    let wait = Duration::from_millis(ctx.settings.webhooks.timeout_ms);
-    let _ = tokio::time::timeout(wait, async { while tasks.join_next().await.is_some() {} }).await;
+
+    fn concurrency(&self) -> u16 {
+        self.ctx.settings.webhooks.concurrency
+    }
+
+    fn handle(
+        self: &Arc<Self>,
+        delivery: Delivery,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let this = self.clone();
+        async move { handle(&this.ctx, &this.in_flight, delivery).await }
+    }
+
+    /// An attempt cut short stays pending under its lease and is sent again
+    /// once the lease ran out (at least once); no need to wait long.
+    async fn drain(&self, tasks: &mut JoinSet<()>) {
+        let wait = Duration::from_millis(self.ctx.settings.webhooks.timeout_ms);
+        let _ =
+            tokio::time::timeout(wait, async { while tasks.join_next().await.is_some() {} }).await;
+    }
 }
 
 async fn handle(ctx: &Ctx, in_flight: &Arc<InFlight>, delivery: Delivery) {
