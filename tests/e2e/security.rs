@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use depot_e2e::calls::Pull;
 use depot_e2e::{
     CREDENTIAL_KEY_BYTES, EnvOptions, GitHttpServer, GitServerOptions, TestEnv, UPSTREAM_PASSWORD,
     UPSTREAM_USER, Upstream, fixture,
@@ -18,33 +19,23 @@ const NEW_KEY: &str = "bmV3LXRlc3QtY3JlZGVudGlhbC1rZXktMzItYnl0ZXM=";
 
 async fn create_mirror(env: &TestEnv, key: &str, name: &str, upstream: &Upstream) {
     let (status, body) = env
-        .call(
-            "POST",
-            "/v1/acme/repos",
-            Some(key),
-            Some(&json!({
+        .post_repo(
+            key,
+            "acme",
+            &json!({
                 "name": name,
                 "upstream": {
                     "url": upstream.url(),
                     "auth": {"kind": "username_password", "username": UPSTREAM_USER, "password": UPSTREAM_PASSWORD}
                 }
-            })),
+            }),
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(status, 201, "{body}");
 }
 
 async fn pull(env: &TestEnv, key: &str, repo: &str) -> Value {
-    let (status, sync) = env
-        .call(
-            "POST",
-            &format!("/v1/acme/{repo}/upstream/syncs"),
-            Some(key),
-            Some(&json!({"direction": "pull"})),
-        )
-        .await
-        .unwrap();
+    let (status, sync) = env.post_sync(key, &format!("acme/{repo}"), Pull).await;
     assert_eq!(status, 201, "{sync}");
     env.wait_for_sync(
         key,
@@ -138,10 +129,7 @@ async fn a_revoked_key_is_refused_within_the_revocation_bound() {
     .await
     .unwrap();
     let key = env.org_and_key("acme", "read").unwrap();
-    let (status, me) = env
-        .call("GET", "/v1/whoami", Some(&key), None)
-        .await
-        .unwrap();
+    let (status, me) = env.whoami(&key).await;
     assert_eq!(status, 200, "{me}");
     let key_id = me["key_id"].as_str().unwrap().to_string();
     let out = env.admin(&["key", "revoke", &key_id]).unwrap();
@@ -149,7 +137,7 @@ async fn a_revoked_key_is_refused_within_the_revocation_bound() {
     // Gateways cache verified keys; the revocation reaches them by
     // notification within auth.revocation_bound_ms (1 s).
     let (status, body) = depot_e2e::eventually(Duration::from_secs(1), "the refusal", || async {
-        let r = env.call("GET", "/v1/whoami", Some(&key), None).await?;
+        let r = env.whoami(&key).await;
         Ok((r.0 == 401).then_some(r))
     })
     .await
@@ -206,47 +194,23 @@ async fn nul_characters_are_refused_not_stored() {
     .unwrap();
     let key = env.org_and_key("acme", "read,write").unwrap();
     let (status, body) = env
-        .call(
-            "POST",
-            "/v1/acme/repos",
-            Some(&key),
-            Some(&json!({"name": "a", "tags": {"k": "v\u{0}"}})),
-        )
-        .await
-        .unwrap();
+        .post_repo(&key, "acme", &json!({"name": "a", "tags": {"k": "v\u{0}"}}))
+        .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["details"]["field"], "tags.k");
     let (status, body) = env
-        .call(
-            "POST",
-            "/v1/acme/repos",
-            Some(&key),
-            Some(&json!({"name": "a", "tags": {"\u{1}": "v"}})),
-        )
-        .await
-        .unwrap();
+        .post_repo(&key, "acme", &json!({"name": "a", "tags": {"\u{1}": "v"}}))
+        .await;
     assert_eq!(status, 400, "{body}");
     create_mirror(&env, &key, "a", &upstream).await;
     let (status, body) = env
-        .call(
-            "POST",
-            "/v1/acme/a/upstream/syncs",
-            Some(&key),
-            Some(&json!({"direction": "pull", "ref_globs": {"branches": "main\u{0}"}})),
-        )
-        .await
-        .unwrap();
+        .post_sync_globs(&key, "acme/a", Pull, json!({"branches": "main\u{0}"}))
+        .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["details"]["field"], "ref_globs.branches");
-    let (status, body) = env
-        .call("GET", "/v1/acme/a%00b", Some(&key), None)
-        .await
-        .unwrap();
+    let (status, body) = env.get_repo(&key, "acme/a%00b").await;
     assert_eq!(status, 404, "{body}");
-    let (status, _) = env
-        .call("GET", "/v1/acme/a", Some(&key), None)
-        .await
-        .unwrap();
+    let (status, _) = env.get_repo(&key, "acme/a").await;
     assert_eq!(status, 200, "nothing was lost");
     env.cleanup().await.unwrap();
 }
@@ -287,25 +251,9 @@ async fn an_oversized_pack_fails_its_sync_cleanly_while_others_complete() {
     let key = env.org_and_key("acme", "read,write").unwrap();
     create_mirror(&env, &key, "big", &big).await;
     create_mirror(&env, &key, "small", &small).await;
-    let (status, a) = env
-        .call(
-            "POST",
-            "/v1/acme/big/upstream/syncs",
-            Some(&key),
-            Some(&json!({"direction": "pull"})),
-        )
-        .await
-        .unwrap();
+    let (status, a) = env.post_sync(&key, "acme/big", Pull).await;
     assert_eq!(status, 201, "{a}");
-    let (status, b) = env
-        .call(
-            "POST",
-            "/v1/acme/small/upstream/syncs",
-            Some(&key),
-            Some(&json!({"direction": "pull"})),
-        )
-        .await
-        .unwrap();
+    let (status, b) = env.post_sync(&key, "acme/small", Pull).await;
     assert_eq!(status, 201, "{b}");
     let limit = Duration::from_secs(60);
     let a = env
@@ -320,10 +268,7 @@ async fn an_oversized_pack_fails_its_sync_cleanly_while_others_complete() {
     assert_eq!(a["attempt"], 1, "an oversized pack is permanent: {a}");
     assert_eq!(a["error"], "pack_too_large");
     assert_eq!(b["status"], "completed", "{b}");
-    let (_, repo) = env
-        .call("GET", "/v1/acme/big", Some(&key), None)
-        .await
-        .unwrap();
+    let (_, repo) = env.get_repo(&key, "acme/big").await;
     let big_path = env
         .hosted_repo_path(repo["id"].as_str().unwrap())
         .await
@@ -368,9 +313,7 @@ impl Listener {
 }
 
 async fn patch(env: &TestEnv, key: &str, repo: &str, body: Value) -> (u16, Value) {
-    env.call("PATCH", &format!("/v1/acme/{repo}"), Some(key), Some(&body))
-        .await
-        .unwrap()
+    env.patch_repo(key, &format!("acme/{repo}"), &body).await
 }
 
 async fn stored_upstream(env: &TestEnv, repo: &str) -> (String, String, Option<Vec<u8>>) {
@@ -429,10 +372,7 @@ async fn a_stored_credential_never_follows_the_url_to_another_origin() {
         "{message}"
     );
     assert_eq!(stored_upstream(&env, "m").await, before);
-    let (status, repo) = env
-        .call("GET", "/v1/acme/m", Some(&key), None)
-        .await
-        .unwrap();
+    let (status, repo) = env.get_repo(&key, "acme/m").await;
     assert_eq!(status, 200, "the rename must not have happened: {repo}");
     assert_eq!(repo["upstream"]["url"], upstream.url());
     assert_eq!(repo["upstream"]["auth_kind"], "username_password");

@@ -108,4 +108,21 @@ impl TestEnv {
         )
         .await
     }
+
+    /// `GET /v1/whoami`.
+    pub async fn whoami(&self, key: &str) -> (u16, Value) {
+        self.api("GET", "/v1/whoami", Some(key), None).await
+    }
+
+    /// `PATCH /v1/{org}/{repo}`.
+    pub async fn patch_repo(&self, key: &str, repo: &str, body: &Value) -> (u16, Value) {
+        self.api("PATCH", &format!("/v1/{repo}"), Some(key), Some(body))
+            .await
+    }
+
+    /// `GET /v1/{org}`.
+    pub async fn get_org(&self, key: &str, org: &str) -> (u16, Value) {
+        self.api("GET", &format!("/v1/{org}"), Some(key), None)
+            .await
+    }
 }
