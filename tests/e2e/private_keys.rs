@@ -82,10 +82,7 @@ async fn env() -> TestEnv {
 
 /// A 401 whose message names `check` and holds nothing of the token.
 async fn assert_refused(env: &TestEnv, token: &str, check: &str) {
-    let (status, body) = env
-        .call("GET", "/v1/whoami", Some(token), None)
-        .await
-        .unwrap();
+    let (status, body) = env.whoami(token).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
@@ -155,23 +152,12 @@ async fn an_admin_token_answers_whoami_with_the_private_key_and_all_scopes() {
     let env = env().await;
     let key = create_private_key(&env, "acme");
     let token = sign(&key.signing, &admin_claims("acme"));
-    let (status, me) = env
-        .call("GET", "/v1/whoami", Some(&token), None)
-        .await
-        .unwrap();
+    let (status, me) = env.whoami(&token).await;
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["org"]["slug"], "acme");
     assert_eq!(me["key_id"], key.id.as_str());
     assert_eq!(me["scopes"], json!(["read", "write", "admin"]));
-    let (status, body) = env
-        .call(
-            "POST",
-            "/v1/acme/repos",
-            Some(&token),
-            Some(&json!({"name": "r"})),
-        )
-        .await
-        .unwrap();
+    let (status, body) = env.post_repo(&token, "acme", &json!({"name": "r"})).await;
     assert_eq!(status, 201, "{body}");
     env.cleanup().await.unwrap();
 }
@@ -221,15 +207,7 @@ async fn a_token_whose_payload_was_changed_after_signing_is_refused() {
 async fn a_token_of_a_revoked_key_is_refused_within_a_second() {
     let env = env().await;
     let key = create_private_key(&env, "acme");
-    let (status, _) = env
-        .call(
-            "GET",
-            "/v1/whoami",
-            Some(&sign(&key.signing, &admin_claims("acme"))),
-            None,
-        )
-        .await
-        .unwrap();
+    let (status, _) = env.whoami(&sign(&key.signing, &admin_claims("acme"))).await;
     assert_eq!(status, 200, "the key works (and is cached) before");
     env.admin(&["key", "revoke", &key.id]).unwrap();
     eventually(
@@ -237,7 +215,7 @@ async fn a_token_of_a_revoked_key_is_refused_within_a_second() {
         "the revoked key's refusal",
         || async {
             let token = sign(&key.signing, &admin_claims("acme"));
-            let (status, _) = env.call("GET", "/v1/whoami", Some(&token), None).await?;
+            let (status, _) = env.whoami(&token).await;
             Ok((status == 401).then_some(()))
         },
     )
@@ -257,15 +235,7 @@ async fn a_token_living_longer_than_four_hours_is_refused() {
     assert_refused(&env, &sign(&key.signing, &claims), "lifetime").await;
     // Exactly 4 h is allowed.
     claims["exp"] = json!(claims["iat"].as_i64().unwrap() + 4 * 3600);
-    let (status, body) = env
-        .call(
-            "GET",
-            "/v1/whoami",
-            Some(&sign(&key.signing, &claims)),
-            None,
-        )
-        .await
-        .unwrap();
+    let (status, body) = env.whoami(&sign(&key.signing, &claims)).await;
     assert_eq!(status, 200, "{body}");
     env.cleanup().await.unwrap();
 }
@@ -293,74 +263,51 @@ async fn an_access_token_reaches_its_named_repos_only() {
     let key = create_private_key(&env, "acme");
     let admin = sign(&key.signing, &admin_claims("acme"));
     for name in ["readable", "writable", "hidden"] {
-        let (status, body) = env
-            .call(
-                "POST",
-                "/v1/acme/repos",
-                Some(&admin),
-                Some(&json!({"name": name})),
-            )
-            .await
-            .unwrap();
+        let (status, body) = env.post_repo(&admin, "acme", &json!({"name": name})).await;
         assert_eq!(status, 201, "{body}");
     }
     let mut claims = admin_claims("acme");
     claims.as_object_mut().unwrap().remove("admin");
     claims["access"] = json!({"readable": "read-repo", "writable": "write-repo"});
     let token = sign(&key.signing, &claims);
-    let call = |method: &'static str, path: &'static str, body: Option<Value>| {
-        let token = token.clone();
-        let env = &env;
-        async move {
-            env.call(method, path, Some(&token), body.as_ref())
-                .await
-                .unwrap()
-        }
-    };
-    let (status, body) = call("GET", "/v1/acme/readable", None).await;
+    let (status, body) = env.get_repo(&token, "acme/readable").await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = call("GET", "/v1/acme/readable/upstream/syncs", None).await;
+    let (status, body) = env.list_syncs(&token, "acme/readable").await;
     assert_eq!(status, 200, "{body}");
     // read-repo cannot write.
-    let (status, body) = call(
-        "PATCH",
-        "/v1/acme/readable",
-        Some(json!({"tags": {"a": "1"}})),
-    )
-    .await;
+    let (status, body) = env
+        .patch_repo(&token, "acme/readable", &json!({"tags": {"a": "1"}}))
+        .await;
     assert_eq!(
         (status, &body["error"]["code"]),
         (403, &json!("FORBIDDEN")),
         "{body}"
     );
-    let (status, body) = call(
-        "PATCH",
-        "/v1/acme/writable",
-        Some(json!({"tags": {"a": "1"}})),
-    )
-    .await;
+    let (status, body) = env
+        .patch_repo(&token, "acme/writable", &json!({"tags": {"a": "1"}}))
+        .await;
     assert_eq!(status, 200, "{body}");
     // A repo of the org outside the grant does not exist for this token.
-    let (status, body) = call("GET", "/v1/acme/hidden", None).await;
+    let (status, body) = env.get_repo(&token, "acme/hidden").await;
     assert_eq!(
         (status, &body["error"]["code"]),
         (404, &json!("NOT_FOUND")),
         "{body}"
     );
-    let (status, _) = call("GET", "/v1/acme/hidden/upstream/syncs", None).await;
+    let (status, _) = env.list_syncs(&token, "acme/hidden").await;
     assert_eq!(status, 404);
     // Org-level operations are forbidden.
-    let (status, body) = call("GET", "/v1/acme/repos", None).await;
+    let (status, body) = env.list_repos(&token, "acme").await;
     assert_eq!(
         (status, &body["error"]["code"]),
         (403, &json!("FORBIDDEN")),
         "{body}"
     );
-    let (status, _) = call("POST", "/v1/acme/repos", Some(json!({"name": "new"}))).await;
+    let (status, _) = env.post_repo(&token, "acme", &json!({"name": "new"})).await;
     assert_eq!(status, 403);
-    let (status, _) = call("GET", "/v1/acme", None).await;
+    let (status, _) = env.get_org(&token, "acme").await;
     assert_eq!(status, 403);
-    let (status, me) = call("GET", "/v1/whoami", None).await;
+    let (status, me) = env.whoami(&token).await;
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["scopes"], json!([]));
     assert_eq!(
@@ -385,15 +332,7 @@ async fn tokens_over_the_size_and_grant_limits_are_refused() {
     // A validly signed token past 32 KiB is refused before it is decoded.
     let mut claims = admin_claims("acme");
     claims["padding"] = json!("x".repeat(33 * 1024));
-    let (status, body) = env
-        .call(
-            "GET",
-            "/v1/whoami",
-            Some(&sign(&key.signing, &claims)),
-            None,
-        )
-        .await
-        .unwrap();
+    let (status, body) = env.whoami(&sign(&key.signing, &claims)).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "UNAUTHORIZED");
     env.cleanup().await.unwrap();
