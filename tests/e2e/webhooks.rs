@@ -38,15 +38,9 @@ fn webhook_env(extra: &[(&str, &str)]) -> EnvOptions {
 
 /// Create a target; returns `(id, secret)`.
 async fn create_target(env: &TestEnv, key: &str, body: Value) -> (String, String) {
-    // `api`: the answer is checked against proto-schemas/openapi.yaml.
-    let (status, t) = env
-        .api(
-            "POST",
-            &format!("/v1/{ORG}/webhook-targets"),
-            Some(key),
-            Some(&body),
-        )
-        .await;
+    // Typed calls go through `api`: the answer is checked against
+    // proto-schemas/openapi.yaml.
+    let (status, t) = env.post_target(key, ORG, &body).await;
     assert_eq!(status, 201, "{t}");
     (
         t["id"].as_str().unwrap().to_string(),
@@ -113,14 +107,7 @@ fn of_sync<'a>(events: &'a [Value], sync_id: &str) -> Vec<&'a Value> {
 }
 
 async fn deliveries(env: &TestEnv, key: &str, target: &str) -> Vec<Value> {
-    let (status, body) = env
-        .api(
-            "GET",
-            &format!("/v1/{ORG}/webhook-targets/{target}/deliveries?limit=100"),
-            Some(key),
-            None,
-        )
-        .await;
+    let (status, body) = env.list_deliveries(key, ORG, target, 100).await;
     assert_eq!(status, 200, "{body}");
     body["deliveries"].as_array().unwrap().clone()
 }
@@ -146,20 +133,15 @@ async fn a_completed_pull_and_a_repo_lifecycle_arrive_in_order_and_verify_with_m
     let sync_id = sync["id"].as_str().unwrap();
     accepted(&receiver, 4).await;
     let (status, _) = env
-        .call(
-            "PATCH",
-            &format!("/v1/{ORG}/mirror"),
-            Some(&key),
-            Some(&json!({"name": "renamed", "tags": {"team": "infra"}})),
+        .patch_repo(
+            &key,
+            &format!("{ORG}/mirror"),
+            &json!({"name": "renamed", "tags": {"team": "infra"}}),
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(status, 200);
     accepted(&receiver, 5).await;
-    let (status, _) = env
-        .call("DELETE", &format!("/v1/{ORG}/renamed"), Some(&key), None)
-        .await
-        .unwrap();
+    let (status, _) = env.delete_repo(&key, &format!("{ORG}/renamed")).await;
     assert_eq!(status, 200);
     let received = accepted(&receiver, 6).await;
     let events = verified(&secret, &received).await;
@@ -267,25 +249,11 @@ async fn a_delivery_out_of_attempts_is_failed_and_the_next_event_goes_on() {
     let receiver = WebhookReceiver::start().unwrap();
     receiver.script(&[500, 502]);
     let (target, secret) = create_target(&env, &key, json!({"url": receiver.url()})).await;
-    let (status, _) = env
-        .call(
-            "POST",
-            &format!("/v1/{ORG}/repos"),
-            Some(&key),
-            Some(&json!({"name": "one"})),
-        )
-        .await
-        .unwrap();
+    let (status, _) = env.post_repo(&key, ORG, &json!({"name": "one"})).await;
     assert_eq!(status, 201);
     let (status, _) = env
-        .call(
-            "PATCH",
-            &format!("/v1/{ORG}/one"),
-            Some(&key),
-            Some(&json!({"tags": {"k": "v"}})),
-        )
-        .await
-        .unwrap();
+        .patch_repo(&key, &format!("{ORG}/one"), &json!({"tags": {"k": "v"}}))
+        .await;
     assert_eq!(status, 200);
     let events = verified(&secret, &accepted(&receiver, 1).await).await;
     assert_eq!(types(&events), ["repo.updated"]);
@@ -315,15 +283,7 @@ async fn a_redelivery_sends_the_same_event_again() {
     let key = env.org_and_key(ORG, "read,write,admin").unwrap();
     let receiver = WebhookReceiver::start().unwrap();
     let (target, secret) = create_target(&env, &key, json!({"url": receiver.url()})).await;
-    let (status, _) = env
-        .call(
-            "POST",
-            &format!("/v1/{ORG}/repos"),
-            Some(&key),
-            Some(&json!({"name": "one"})),
-        )
-        .await
-        .unwrap();
+    let (status, _) = env.post_repo(&key, ORG, &json!({"name": "one"})).await;
     assert_eq!(status, 201);
     accepted(&receiver, 1).await;
     let first = eventually(DELIVERY_LIMIT, "the delivery recorded", || async {
@@ -333,17 +293,8 @@ async fn a_redelivery_sends_the_same_event_again() {
     .await
     .unwrap();
     let (status, again) = env
-        .call(
-            "POST",
-            &format!(
-                "/v1/{ORG}/webhook-targets/{target}/deliveries/{}/redeliver",
-                first["id"].as_str().unwrap()
-            ),
-            Some(&key),
-            None,
-        )
-        .await
-        .unwrap();
+        .redeliver(&key, ORG, &target, first["id"].as_str().unwrap())
+        .await;
     assert_eq!(status, 202, "{again}");
     assert_eq!(again["status"], "pending");
     assert_eq!(again["event_id"], first["event_id"]);
@@ -362,15 +313,7 @@ async fn delivery_outbox_rows_decode_as_delivery_jobs() {
     let key = env.org_and_key(ORG, "read,write,admin").unwrap();
     // A target nobody answers for: only the rows matter here.
     create_target(&env, &key, json!({"url": "http://127.0.0.1:9/none"})).await;
-    let (status, _) = env
-        .call(
-            "POST",
-            &format!("/v1/{ORG}/repos"),
-            Some(&key),
-            Some(&json!({"name": "one"})),
-        )
-        .await
-        .unwrap();
+    let (status, _) = env.post_repo(&key, ORG, &json!({"name": "one"})).await;
     assert_eq!(status, 201);
     let db = env.db().await.unwrap();
     let rows = db
@@ -406,14 +349,12 @@ async fn a_pull_failing_after_retries_reports_each_attempt_then_the_failure() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let (status, body) = env
-        .call(
-            "POST",
-            &format!("/v1/{ORG}/repos"),
-            Some(&key),
-            Some(&json!({"name": "gone", "upstream": {"url": format!("http://127.0.0.1:{port}/x.git")}})),
+        .post_repo(
+            &key,
+            ORG,
+            &json!({"name": "gone", "upstream": {"url": format!("http://127.0.0.1:{port}/x.git")}}),
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(status, 201, "{body}");
     let receiver = WebhookReceiver::start().unwrap();
     let (_, secret) = create_target(
@@ -459,15 +400,7 @@ async fn a_worker_killed_mid_delivery_loses_no_event() {
         json!({"url": receiver.url(), "events": ["repo.created"]}),
     )
     .await;
-    let (status, _) = env
-        .call(
-            "POST",
-            &format!("/v1/{ORG}/repos"),
-            Some(&key),
-            Some(&json!({"name": "one"})),
-        )
-        .await
-        .unwrap();
+    let (status, _) = env.post_repo(&key, ORG, &json!({"name": "one"})).await;
     assert_eq!(status, 201);
     eventually(DELIVERY_LIMIT, "the delivery to be in flight", || async {
         Ok((!receiver.received().is_empty()).then_some(()))
@@ -532,26 +465,10 @@ async fn a_receiver_that_never_answers_delays_no_sync() {
 async fn targets_get_only_the_events_and_repositories_they_asked_for() {
     let env = TestEnv::start(webhook_env(&[])).await.unwrap();
     let key = env.org_and_key(ORG, "read,write,admin").unwrap();
-    let (status, one) = env
-        .call(
-            "POST",
-            &format!("/v1/{ORG}/repos"),
-            Some(&key),
-            Some(&json!({"name": "one"})),
-        )
-        .await
-        .unwrap();
+    let (status, one) = env.post_repo(&key, ORG, &json!({"name": "one"})).await;
     assert_eq!(status, 201);
     let one_id = one["id"].as_str().unwrap();
-    let (status, _) = env
-        .call(
-            "POST",
-            &format!("/v1/{ORG}/repos"),
-            Some(&key),
-            Some(&json!({"name": "two"})),
-        )
-        .await
-        .unwrap();
+    let (status, _) = env.post_repo(&key, ORG, &json!({"name": "two"})).await;
     assert_eq!(status, 201);
     let only_one = WebhookReceiver::start().unwrap();
     let only_deleted = WebhookReceiver::start().unwrap();
@@ -569,21 +486,12 @@ async fn targets_get_only_the_events_and_repositories_they_asked_for() {
     .await;
     for name in ["one", "two"] {
         let (status, _) = env
-            .call(
-                "PATCH",
-                &format!("/v1/{ORG}/{name}"),
-                Some(&key),
-                Some(&json!({"tags": {"k": "v"}})),
-            )
-            .await
-            .unwrap();
+            .patch_repo(&key, &format!("{ORG}/{name}"), &json!({"tags": {"k": "v"}}))
+            .await;
         assert_eq!(status, 200);
     }
     for name in ["two", "one"] {
-        let (status, _) = env
-            .call("DELETE", &format!("/v1/{ORG}/{name}"), Some(&key), None)
-            .await
-            .unwrap();
+        let (status, _) = env.delete_repo(&key, &format!("{ORG}/{name}")).await;
         assert_eq!(status, 200);
     }
     let got_one = verified(&one_secret, &accepted(&only_one, 2).await).await;
@@ -609,14 +517,8 @@ async fn a_target_on_a_refused_network_is_400_and_never_connected_to() {
     let key = env.org_and_key(ORG, "read,write,admin").unwrap();
     let receiver = WebhookReceiver::start().unwrap();
     let (status, body) = env
-        .call(
-            "POST",
-            &format!("/v1/{ORG}/webhook-targets"),
-            Some(&key),
-            Some(&json!({"url": receiver.url()})),
-        )
-        .await
-        .unwrap();
+        .post_target(&key, ORG, &json!({"url": receiver.url()}))
+        .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["details"]["field"], "url");
     // Stored while allowed, then the policy tightened: no delivery connects.
@@ -629,15 +531,7 @@ async fn a_target_on_a_refused_network_is_400_and_never_connected_to() {
     )
     .await
     .unwrap();
-    let (status, _) = env
-        .call(
-            "POST",
-            &format!("/v1/{ORG}/repos"),
-            Some(&key),
-            Some(&json!({"name": "one"})),
-        )
-        .await
-        .unwrap();
+    let (status, _) = env.post_repo(&key, ORG, &json!({"name": "one"})).await;
     assert_eq!(status, 201);
     let log = eventually(DELIVERY_LIMIT, "a refused attempt", || async {
         let log = deliveries(&env, &key, "wht_refusedtarget0000000").await;
@@ -694,10 +588,9 @@ async fn target_requests_are_validated_field_by_field_and_need_admin() {
     let env = TestEnv::start(webhook_env(&[])).await.unwrap();
     let key = env.org_and_key(ORG, "read,write,admin").unwrap();
     let writer = env.org_and_key(ORG, "read,write").unwrap();
-    let path = format!("/v1/{ORG}/webhook-targets");
     let post = |body: Value| {
-        let (env, path, key) = (&env, path.clone(), key.clone());
-        async move { env.api("POST", &path, Some(&key), Some(&body)).await }
+        let (env, key) = (&env, key.clone());
+        async move { env.post_target(&key, ORG, &body).await }
     };
     let url = "https://hooks.example.com/x";
     assert_error(
@@ -733,8 +626,7 @@ async fn target_requests_are_validated_field_by_field_and_need_admin() {
         Some("url"),
     );
     assert_error(
-        &env.api("POST", &path, Some(&writer), Some(&json!({"url": url})))
-            .await,
+        &env.post_target(&writer, ORG, &json!({"url": url})).await,
         403,
         "FORBIDDEN",
         None,
@@ -747,18 +639,16 @@ async fn target_requests_are_validated_field_by_field_and_need_admin() {
     );
     assert_eq!(created.1["repo_ids"], Value::Null);
     let id = created.1["id"].as_str().unwrap();
-    let target = format!("{path}/{id}");
     assert_error(
-        &env.api("PATCH", &target, Some(&key), Some(&json!({"url": null})))
-            .await,
+        &env.patch_target(&key, ORG, id, &json!({"url": null})).await,
         400,
         "INVALID_REQUEST",
         Some("url"),
     );
-    let (status, got) = env.api("GET", &target, Some(&key), None).await;
+    let (status, got) = env.get_target(&key, ORG, id).await;
     assert_eq!(status, 200);
     assert!(got.get("secret").is_none(), "{got}");
-    let (status, list) = env.api("GET", &path, Some(&key), None).await;
+    let (status, list) = env.list_targets(&key, ORG).await;
     assert_eq!(status, 200);
     assert_eq!(list["webhook_targets"][0]["id"], id);
     assert_eq!(list["has_more"], false);
@@ -794,14 +684,8 @@ async fn a_target_keeps_verifying_after_a_key_rotation_drops_the_old_key() {
     env.workers[0].terminate(Duration::from_secs(30)).unwrap();
     env.start_worker().unwrap();
     let (status, _) = env
-        .call(
-            "POST",
-            &format!("/v1/{ORG}/repos"),
-            Some(&key),
-            Some(&json!({"name": "after-rotation"})),
-        )
-        .await
-        .unwrap();
+        .post_repo(&key, ORG, &json!({"name": "after-rotation"}))
+        .await;
     assert_eq!(status, 201);
     let events = verified(&secret, &accepted(&receiver, 1).await).await;
     assert_eq!(types(&events), ["repo.created"]);

@@ -125,4 +125,58 @@ impl TestEnv {
         self.api("GET", &format!("/v1/{org}"), Some(key), None)
             .await
     }
+
+    /// `POST /v1/{org}/webhook-targets`.
+    pub async fn post_target(&self, key: &str, org: &str, body: &Value) -> (u16, Value) {
+        let path = format!("/v1/{org}/webhook-targets");
+        self.api("POST", &path, Some(key), Some(body)).await
+    }
+
+    /// `GET /v1/{org}/webhook-targets`.
+    pub async fn list_targets(&self, key: &str, org: &str) -> (u16, Value) {
+        let path = format!("/v1/{org}/webhook-targets");
+        self.api("GET", &path, Some(key), None).await
+    }
+
+    /// `GET /v1/{org}/webhook-targets/{id}`.
+    pub async fn get_target(&self, key: &str, org: &str, id: &str) -> (u16, Value) {
+        let path = format!("/v1/{org}/webhook-targets/{id}");
+        self.api("GET", &path, Some(key), None).await
+    }
+
+    /// `PATCH /v1/{org}/webhook-targets/{id}`.
+    pub async fn patch_target(&self, key: &str, org: &str, id: &str, body: &Value) -> (u16, Value) {
+        let path = format!("/v1/{org}/webhook-targets/{id}");
+        self.api("PATCH", &path, Some(key), Some(body)).await
+    }
+
+    /// `DELETE /v1/{org}/webhook-targets/{id}`.
+    pub async fn delete_target(&self, key: &str, org: &str, id: &str) -> (u16, Value) {
+        let path = format!("/v1/{org}/webhook-targets/{id}");
+        self.api("DELETE", &path, Some(key), None).await
+    }
+
+    /// `GET /v1/{org}/webhook-targets/{id}/deliveries?limit={limit}`.
+    pub async fn list_deliveries(
+        &self,
+        key: &str,
+        org: &str,
+        target: &str,
+        limit: u32,
+    ) -> (u16, Value) {
+        let path = format!("/v1/{org}/webhook-targets/{target}/deliveries?limit={limit}");
+        self.api("GET", &path, Some(key), None).await
+    }
+
+    /// `POST /v1/{org}/webhook-targets/{id}/deliveries/{delivery}/redeliver`.
+    pub async fn redeliver(
+        &self,
+        key: &str,
+        org: &str,
+        target: &str,
+        delivery: &str,
+    ) -> (u16, Value) {
+        let path = format!("/v1/{org}/webhook-targets/{target}/deliveries/{delivery}/redeliver");
+        self.api("POST", &path, Some(key), None).await
+    }
 }
