@@ -171,10 +171,7 @@ async fn a_cached_key_is_verified_without_a_database_read() {
 async fn a_revoked_key_is_refused_by_every_gateway_within_a_second() {
     let (env, second, key) = two_gateways().await;
     let urls = gateways(&env, &second);
-    let (_, me) = env
-        .call("GET", "/v1/whoami", Some(&key), None)
-        .await
-        .unwrap();
+    let (_, me) = env.whoami(&key).await;
     for url in &urls {
         assert_eq!(whoami(&env, url, &key).await, 200);
     }
@@ -207,10 +204,7 @@ async fn a_deleted_key_is_refused_by_every_gateway_within_a_second() {
 async fn a_key_revoked_while_the_listeners_are_disconnected_is_refused_within_a_second() {
     let (env, second, key) = two_gateways().await;
     let urls = gateways(&env, &second);
-    let (_, me) = env
-        .call("GET", "/v1/whoami", Some(&key), None)
-        .await
-        .unwrap();
+    let (_, me) = env.whoami(&key).await;
     for url in &urls {
         assert_eq!(whoami(&env, url, &key).await, 200);
     }

@@ -82,15 +82,7 @@ async fn the_maintenance_task_deletes_old_syncs_and_expired_idempotency_keys() {
     .await
     .unwrap();
     for id in &ids[..3] {
-        let (status, body) = env
-            .call(
-                "GET",
-                &format!("/v1/{ORG}/mirror/upstream/syncs/{id}"),
-                Some(&key),
-                None,
-            )
-            .await
-            .unwrap();
+        let (status, body) = env.get_sync(&key, &format!("{ORG}/mirror"), id).await;
         assert_eq!(status, 404, "{body}");
     }
     let kept = get_sync(&env, &key, "mirror", &ids[3]).await.unwrap();

@@ -164,10 +164,7 @@ async fn a_pull_of_a_300_mib_pack_keeps_the_worker_memory_bound() {
         .await
         .unwrap();
     assert_eq!(sync["status"], "completed", "{sync}");
-    let (_, repo) = env
-        .call("GET", &format!("/v1/{ORG}/big"), Some(&key), None)
-        .await
-        .unwrap();
+    let (_, repo) = env.get_repo(&key, &format!("{ORG}/big")).await;
     let hosted = env
         .hosted_repo_path(repo["id"].as_str().unwrap())
         .await

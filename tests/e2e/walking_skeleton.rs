@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use depot_e2e::calls::Pull;
 use depot_e2e::{EnvOptions, TestEnv, UPSTREAM_PASSWORD, UPSTREAM_USER, Upstream, fixture};
 use serde_json::json;
 use std::time::Duration;
@@ -27,35 +28,25 @@ async fn pull_through_the_api_lands_every_ref_in_the_hosted_repo() {
     let key = env.org_and_key("acme", "read,write").unwrap();
 
     let (status, repo) = env
-        .call(
-            "POST",
-            "/v1/acme/repos",
-            Some(&key),
-            Some(&json!({
+        .post_repo(
+            &key,
+            "acme",
+            &json!({
                 "name": "mirror",
                 "upstream": {
                     "url": upstream.url(),
                     "auth": { "kind": "username_password", "username": UPSTREAM_USER, "password": UPSTREAM_PASSWORD }
                 }
-            })),
+            }),
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(status, 201, "{repo}");
     assert_eq!(repo["upstream"]["auth_kind"], "username_password");
     assert!(repo["upstream"]["latest_sync"].is_null());
     assert_eq!(repo["head_change_id"], "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz");
     let repo_id = repo["id"].as_str().unwrap().to_string();
 
-    let (status, sync) = env
-        .call(
-            "POST",
-            "/v1/acme/mirror/upstream/syncs",
-            Some(&key),
-            Some(&json!({"direction": "pull"})),
-        )
-        .await
-        .unwrap();
+    let (status, sync) = env.post_sync(&key, "acme/mirror", Pull).await;
     assert_eq!(status, 201, "{sync}");
     assert_eq!(sync["status"], "queued");
     assert_eq!(sync["attempt"], 0);
@@ -105,10 +96,7 @@ async fn pull_through_the_api_lands_every_ref_in_the_hosted_repo() {
     }
 
     // The repo shows the default branch tip and the latest sync.
-    let (status, repo) = env
-        .call("GET", "/v1/acme/mirror", Some(&key), None)
-        .await
-        .unwrap();
+    let (status, repo) = env.get_repo(&key, "acme/mirror").await;
     assert_eq!(status, 200);
     let expected_change: String = main[..32]
         .chars()

@@ -153,10 +153,7 @@ async fn pull_reports_every_outcome_and_never_deletes() {
     assert_no_quarantine(&hosted);
 
     // The gateway shows the new default branch tip.
-    let (_, repo) = env
-        .call("GET", &format!("/v1/{ORG}/mirror"), Some(&key), None)
-        .await
-        .unwrap();
+    let (_, repo) = env.get_repo(&key, &format!("{ORG}/mirror")).await;
     assert_eq!(repo["head_change_id"], change_id(&c2).as_str());
 
     // 3. Globs: comma lists, `*` across `/`, a key left out matches nothing.
