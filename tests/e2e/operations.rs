@@ -32,14 +32,8 @@ fn random_hex(bytes: usize) -> String {
 
 async fn create_repo(env: &TestEnv, key: &str, name: &str, upstream: Value) -> Value {
     let (status, repo) = env
-        .call(
-            "POST",
-            "/v1/acme/repos",
-            Some(key),
-            Some(&json!({ "name": name, "upstream": upstream })),
-        )
-        .await
-        .unwrap();
+        .post_repo(key, "acme", &json!({ "name": name, "upstream": upstream }))
+        .await;
     assert_eq!(status, 201, "{repo}");
     repo
 }
@@ -53,14 +47,12 @@ fn basic_upstream(upstream: &Upstream, password: &str) -> Value {
 
 async fn post_sync(env: &TestEnv, key: &str, repo: &str, direction: &str) -> Value {
     let (status, sync) = env
-        .call(
-            "POST",
-            &format!("/v1/acme/{repo}/upstream/syncs"),
-            Some(key),
-            Some(&json!({ "direction": direction })),
+        .post_sync_body(
+            key,
+            &format!("acme/{repo}"),
+            &json!({ "direction": direction }),
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(status, 201, "{sync}");
     sync
 }
@@ -264,10 +256,7 @@ async fn probed_env() -> TestEnv {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_counts_requests_by_route_template_and_status_with_latencies() {
     let (_upstream, env, key, _) = measured_env().await;
-    let (status, _) = env
-        .call("GET", "/v1/acme/nope", Some(&key), None)
-        .await
-        .unwrap();
+    let (status, _) = env.get_repo(&key, "acme/nope").await;
     assert_eq!(status, 404);
 
     // Gateway: requests by route template and status, with latencies.
@@ -598,33 +587,26 @@ async fn credentials_never_reach_logs_spans_metrics_or_error_bodies() {
         .url()
         .replacen("://", &format!("://mallory:{url_password}@"), 1);
     let (status, body) = env
-        .call(
-            "POST",
-            "/v1/acme/repos",
-            Some(&key),
-            Some(&json!({"name": "leaky", "upstream": {"url": with_userinfo}})),
+        .post_repo(
+            &key,
+            "acme",
+            &json!({"name": "leaky", "upstream": {"url": with_userinfo}}),
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(status, 400, "{body}");
     bodies.push(body.to_string());
     let (status, body) = env
-        .call(
-            "PATCH",
-            "/v1/acme/good",
-            Some(&key),
-            Some(&json!({"upstream": {"url": with_userinfo}})),
+        .patch_repo(
+            &key,
+            "acme/good",
+            &json!({"upstream": {"url": with_userinfo}}),
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(status, 400, "{body}");
     bodies.push(body.to_string());
     // Unknown and malformed keys.
     let bogus_key = format!("depot_{}", random_hex(20));
-    let (status, body) = env
-        .call("GET", "/v1/whoami", Some(&bogus_key), None)
-        .await
-        .unwrap();
+    let (status, body) = env.whoami(&bogus_key).await;
     assert_eq!(status, 401);
     bodies.push(body.to_string());
 
@@ -660,10 +642,7 @@ async fn credentials_never_reach_logs_spans_metrics_or_error_bodies() {
             assert_eq!(done["status"], "failed", "{done}");
         }
         bodies.push(done.to_string());
-        let (_, repo_body) = env
-            .call("GET", &format!("/v1/acme/{repo}"), Some(&key), None)
-            .await
-            .unwrap();
+        let (_, repo_body) = env.get_repo(&key, &format!("acme/{repo}")).await;
         bodies.push(repo_body.to_string());
     }
     let (_, gateway_metrics) = env.get_text(&env.url("/metrics")).await.unwrap();

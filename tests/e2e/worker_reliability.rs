@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use depot_e2e::calls::Pull;
 use depot_e2e::worker::*;
 use depot_e2e::{EnvOptions, TestEnv, UPSTREAM_PASSWORD, UPSTREAM_USER, Upstream, eventually};
 use depot_testkit::TcpProxy;
@@ -14,11 +15,10 @@ use std::time::Duration;
 /// Create repo `name` in `org` mirroring `up`; returns its id.
 async fn repo_in(env: &TestEnv, key: &str, org: &str, name: &str, up: &Upstream) -> String {
     let (status, repo) = env
-        .call(
-            "POST",
-            &format!("/v1/{org}/repos"),
-            Some(key),
-            Some(&json!({
+        .post_repo(
+            key,
+            org,
+            &json!({
                 "name": name,
                 "upstream": {
                     "url": up.url(),
@@ -28,24 +28,15 @@ async fn repo_in(env: &TestEnv, key: &str, org: &str, name: &str, up: &Upstream)
                         "password": UPSTREAM_PASSWORD,
                     }
                 }
-            })),
+            }),
         )
-        .await
-        .unwrap();
+        .await;
     assert_eq!(status, 201, "{repo}");
     repo["id"].as_str().unwrap().to_string()
 }
 
 async fn pull_in(env: &TestEnv, key: &str, org: &str, repo: &str) -> String {
-    let (status, sync) = env
-        .call(
-            "POST",
-            &format!("/v1/{org}/{repo}/upstream/syncs"),
-            Some(key),
-            Some(&json!({"direction": "pull"})),
-        )
-        .await
-        .unwrap();
+    let (status, sync) = env.post_sync(key, &format!("{org}/{repo}"), Pull).await;
     assert_eq!(status, 201, "{sync}");
     sync["id"].as_str().unwrap().to_string()
 }
