@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use depot_e2e::calls::Pull;
 use depot_e2e::ops::json_lines;
 use depot_e2e::worker::*;
 use depot_e2e::{AMQP_URL, EnvOptions, PG_ADMIN_URL, TestEnv, Upstream, bin, bin_dir, eventually};
@@ -218,22 +219,14 @@ async fn a_retrying_sync_shows_its_last_attempt_error_and_next_attempt_at() {
     create_repo(&env, &key, "flaky", &up, None).await.unwrap();
     up.server.set_fault(Some(503));
 
-    let path = format!("/v1/{ORG}/flaky/upstream/syncs");
-    let (status, created) = env
-        .api(
-            "POST",
-            &path,
-            Some(&key),
-            Some(&json!({"direction": "pull"})),
-        )
-        .await;
+    let flaky = format!("{ORG}/flaky");
+    let (status, created) = env.post_sync(&key, &flaky, Pull).await;
     assert_eq!(status, 201, "{created}");
     assert!(created["last_attempt_error"].is_null(), "{created}");
     assert!(created["next_attempt_at"].is_null(), "{created}");
     let id = created["id"].as_str().unwrap().to_string();
-    let one = format!("{path}/{id}");
     let waiting = eventually(SYNC_LIMIT, "the first attempt to fail", || async {
-        let (_, s) = env.api("GET", &one, Some(&key), None).await;
+        let (_, s) = env.get_sync(&key, &flaky, &id).await;
         Ok((s["status"] == "queued" && s["attempt"] == 1).then_some(s))
     })
     .await
@@ -255,12 +248,10 @@ async fn a_retrying_sync_shows_its_last_attempt_error_and_next_attempt_at() {
         "{waiting}"
     );
     // The list and the repository's latest_sync show the same.
-    let (_, list) = env.api("GET", &path, Some(&key), None).await;
+    let (_, list) = env.list_syncs(&key, &flaky).await;
     assert_eq!(list["syncs"][0]["id"], id.as_str());
     assert!(list["syncs"][0]["last_attempt_error"].is_string(), "{list}");
-    let (_, repo) = env
-        .api("GET", &format!("/v1/{ORG}/flaky"), Some(&key), None)
-        .await;
+    let (_, repo) = env.get_repo(&key, &flaky).await;
     let latest = &repo["upstream"]["latest_sync"];
     if latest["status"] == "queued" {
         assert!(latest["last_attempt_error"].is_string(), "{repo}");
@@ -281,7 +272,7 @@ async fn a_retrying_sync_shows_its_last_attempt_error_and_next_attempt_at() {
             .starts_with("upstream_unavailable"),
         "the earlier attempt's failure stays on record: {done}"
     );
-    let (status, body) = env.api("GET", &one, Some(&key), None).await;
+    let (status, body) = env.get_sync(&key, &flaky, &id).await;
     assert_eq!(status, 200, "{body}");
     env.cleanup().await.unwrap();
 }
@@ -623,11 +614,11 @@ async fn brace_alternation_in_ref_globs_is_refused_with_commas_as_the_way() {
     let up = Upstream::start("project").unwrap();
     create_repo(&env, &key, "mirror", &up, None).await.unwrap();
     let (status, body) = env
-        .api(
-            "POST",
-            &format!("/v1/{ORG}/mirror/upstream/syncs"),
-            Some(&key),
-            Some(&json!({"direction": "pull", "ref_globs": {"branches": "{a,b}"}})),
+        .post_sync_globs(
+            &key,
+            &format!("{ORG}/mirror"),
+            Pull,
+            json!({"branches": "{a,b}"}),
         )
         .await;
     assert_eq!(status, 400, "{body}");
