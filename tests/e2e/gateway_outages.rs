@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use depot_e2e::api::Req;
+use depot_e2e::calls::Pull;
 use depot_e2e::{
     AMQP_URL, EnvOptions, TestEnv, UPSTREAM_PASSWORD, UPSTREAM_USER, Upstream, eventually,
 };
@@ -19,17 +20,16 @@ use std::time::{Duration, Instant};
 
 async fn repo_with_upstream(env: &TestEnv, key: &str, upstream: &Upstream) {
     let (status, repo) = env
-        .api(
-            "POST",
-            "/v1/acme/repos",
-            Some(key),
-            Some(&json!({
+        .post_repo(
+            key,
+            "acme",
+            &json!({
                 "name": "mirror",
                 "upstream": {
                     "url": upstream.url(),
                     "auth": {"kind": "username_password", "username": UPSTREAM_USER, "password": UPSTREAM_PASSWORD}
                 }
-            })),
+            }),
         )
         .await;
     assert_eq!(status, 201, "{repo}");
@@ -69,14 +69,7 @@ async fn broker_unreachable_during_post_then_the_relay_delivers() {
         json!({"branches": "main", "tags": "v*"}),
     ] {
         let started = Instant::now();
-        let (status, sync) = env
-            .api(
-                "POST",
-                "/v1/acme/mirror/upstream/syncs",
-                Some(&key),
-                Some(&json!({"direction": "pull", "ref_globs": globs})),
-            )
-            .await;
+        let (status, sync) = env.post_sync_globs(&key, "acme/mirror", Pull, globs).await;
         assert_eq!(status, 201, "{sync}");
         assert!(
             started.elapsed() < Duration::from_secs(5),
@@ -115,18 +108,15 @@ async fn broker_unreachable_during_post_then_the_relay_delivers() {
             .unwrap();
         assert_eq!(done["status"], "completed", "{done}\n{}", env.all_logs());
         // The finished sync, stats and all, matches the document too.
-        let path = format!("/v1/acme/mirror/upstream/syncs/{id}");
-        let (status, got) = env.api("GET", &path, Some(&key), None).await;
+        let (status, got) = env.get_sync(&key, "acme/mirror", id).await;
         assert_eq!((status, got["attempt"].clone()), (200, json!(1)));
         assert!(got["stats"]["refs"].is_array(), "{got}");
     }
-    let (status, repo) = env.api("GET", "/v1/acme/mirror", Some(&key), None).await;
+    let (status, repo) = env.get_repo(&key, "acme/mirror").await;
     assert_eq!(status, 200);
     assert_ne!(repo["head_change_id"], "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz");
     assert_eq!(repo["upstream"]["latest_sync"]["id"], ids[2].as_str());
-    let (status, list) = env
-        .api("GET", "/v1/acme/mirror/upstream/syncs", Some(&key), None)
-        .await;
+    let (status, list) = env.list_syncs(&key, "acme/mirror").await;
     assert_eq!(status, 200);
     assert_eq!(list["syncs"].as_array().unwrap().len(), 3);
     let pending: i64 = db
