@@ -42,13 +42,13 @@ async fn repos_and_org_endpoints_have_the_documented_shapes() {
     let key = env.org_and_key("acme", "read,write").unwrap();
 
     // whoami and the org summary.
-    let (status, me) = env.api("GET", "/v1/whoami", Some(&key), None).await;
+    let (status, me) = env.whoami(&key).await;
     assert_eq!(status, 200);
     assert_eq!(me["org"]["slug"], "acme");
     assert!(me["org"]["id"].as_str().unwrap().starts_with("org_"));
     assert!(me["key_id"].as_str().unwrap().starts_with("key_"));
     assert_eq!(me["scopes"], json!(["read", "write"]));
-    let (status, org) = env.api("GET", "/v1/acme", Some(&key), None).await;
+    let (status, org) = env.get_org(&key, "acme").await;
     assert_eq!(status, 200);
     assert_eq!(org["num_repos"], 0);
 
@@ -99,10 +99,10 @@ async fn repos_and_org_endpoints_have_the_documented_shapes() {
     assert!(public["upstream"]["auth_kind"].is_null());
 
     // Get, list, org count.
-    let (status, got) = env.api("GET", "/v1/acme/mirror", Some(&key), None).await;
+    let (status, got) = env.get_repo(&key, "acme/mirror").await;
     assert_eq!(status, 200);
     assert_eq!(got, full);
-    let (status, list) = env.api("GET", "/v1/acme/repos", Some(&key), None).await;
+    let (status, list) = env.list_repos(&key, "acme").await;
     assert_eq!(status, 200);
     assert_eq!(list["has_more"], false);
     assert!(list["next_cursor"].is_null());
@@ -116,35 +116,30 @@ async fn repos_and_org_endpoints_have_the_documented_shapes() {
         names,
         [plain["name"].as_str().unwrap(), "mirror", "tok", "pub"]
     );
-    let (_, org) = env.api("GET", "/v1/acme", Some(&key), None).await;
+    let (_, org) = env.get_org(&key, "acme").await;
     assert_eq!(org["num_repos"], 4);
 
     // Patch: rename, bookmark, tags.
     let (status, patched) = env
-        .api(
-            "PATCH",
-            "/v1/acme/mirror",
-            Some(&key),
-            Some(&json!({"name": "mirror2", "default_bookmark": "main", "tags": {"tier": "1"}})),
+        .patch_repo(
+            &key,
+            "acme/mirror",
+            &json!({"name": "mirror2", "default_bookmark": "main", "tags": {"tier": "1"}}),
         )
         .await;
     assert_eq!(status, 200, "{patched}");
     assert_eq!(patched["name"], "mirror2");
     assert_eq!(patched["id"], full["id"]);
     assert_eq!(patched["tags"], json!({"team": "infra", "tier": "1"}));
-    let (status, _) = env.api("GET", "/v1/acme/mirror", Some(&key), None).await;
+    let (status, _) = env.get_repo(&key, "acme/mirror").await;
     assert_eq!(status, 404);
 
     // Delete.
-    let (status, deleted) = env
-        .api("DELETE", "/v1/acme/mirror2", Some(&key), None)
-        .await;
+    let (status, deleted) = env.delete_repo(&key, "acme/mirror2").await;
     assert_eq!((status, deleted), (200, json!({"success": true})));
-    let r = env.api("GET", "/v1/acme/mirror2", Some(&key), None).await;
+    let r = env.get_repo(&key, "acme/mirror2").await;
     assert_error(&r, 404, "NOT_FOUND", None);
-    let r = env
-        .api("DELETE", "/v1/acme/mirror2", Some(&key), None)
-        .await;
+    let r = env.delete_repo(&key, "acme/mirror2").await;
     assert_error(&r, 404, "NOT_FOUND", None);
 
     // The OpenAPI document is served, needs no key, and is the file's.
@@ -203,9 +198,7 @@ async fn repo_requests_are_validated_field_by_field() {
         );
     }
     let big = json!({"name": "big", "tags": {"x": "y".repeat(1000)}, "pad": "z".repeat(70_000)});
-    let r = env
-        .api("POST", "/v1/acme/repos", Some(&key), Some(&big))
-        .await;
+    let r = env.post_repo(&key, "acme", &big).await;
     assert_error(&r, 400, "INVALID_REQUEST", Some("body"));
     let r = env
         .request(
@@ -281,31 +274,17 @@ async fn repo_requests_are_validated_field_by_field() {
             "upstream.auth",
         ),
     ] {
-        let r = env
-            .api("POST", "/v1/acme/repos", Some(&key), Some(&body))
-            .await;
+        let r = env.post_repo(&key, "acme", &body).await;
         assert_error(&r, 400, "INVALID_REQUEST", Some(field));
     }
 
     // Name clashes: create and rename.
-    let r = env
-        .api(
-            "POST",
-            "/v1/acme/repos",
-            Some(&key),
-            Some(&json!({"name": "taken"})),
-        )
-        .await;
+    let r = env.post_repo(&key, "acme", &json!({"name": "taken"})).await;
     assert_error(&r, 409, "REPO_ALREADY_EXISTS", None);
     env.create_repo(&key, "acme", &json!({"name": "other"}))
         .await;
     let r = env
-        .api(
-            "PATCH",
-            "/v1/acme/other",
-            Some(&key),
-            Some(&json!({"name": "taken"})),
-        )
+        .patch_repo(&key, "acme/other", &json!({"name": "taken"}))
         .await;
     assert_error(&r, 409, "REPO_ALREADY_EXISTS", None);
     for (body, field) in [
@@ -317,9 +296,7 @@ async fn repo_requests_are_validated_field_by_field() {
             "upstream.auth.token",
         ),
     ] {
-        let r = env
-            .api("PATCH", "/v1/acme/other", Some(&key), Some(&body))
-            .await;
+        let r = env.patch_repo(&key, "acme/other", &body).await;
         assert_error(&r, 400, "INVALID_REQUEST", Some(field));
     }
     env.cleanup().await.unwrap();
@@ -356,17 +333,13 @@ async fn upstream_url_policy_refuses_schemes_and_private_addresses() {
         "https://no-such-host.invalid/r.git",
     ] {
         let body = json!({"name": "x", "upstream": {"url": url}});
-        let r = env
-            .api("POST", "/v1/acme/repos", Some(&key), Some(&body))
-            .await;
+        let r = env.post_repo(&key, "acme", &body).await;
         assert_error(&r, 400, "INVALID_REQUEST", Some("upstream.url"));
         let body = json!({"upstream": {"url": url}});
-        let r = env
-            .api("PATCH", "/v1/acme/r", Some(&key), Some(&body))
-            .await;
+        let r = env.patch_repo(&key, "acme/r", &body).await;
         assert_error(&r, 400, "INVALID_REQUEST", Some("upstream.url"));
     }
-    let (_, repo) = env.api("GET", "/v1/acme/r", Some(&key), None).await;
+    let (_, repo) = env.get_repo(&key, "acme/r").await;
     assert!(repo["upstream"].is_null());
     env.cleanup().await.unwrap();
 }
@@ -467,18 +440,18 @@ async fn scopes_and_orgs_decide_401_403_404() {
     // Another org's key naming its own org cannot see acme's repo either.
     let r = env.api("GET", "/v1/globex/r", Some(&other), None).await;
     assert_error(&r, 404, "NOT_FOUND", None);
-    let r = env.api("DELETE", "/v1/acme/r", Some(&read), None).await;
+    let r = env.delete_repo(&read, "acme/r").await;
     assert_error(&r, 403, "FORBIDDEN", None);
-    let r = env.api("DELETE", "/v1/acme/r", Some(&other), None).await;
+    let r = env.delete_repo(&other, "acme/r").await;
     assert_error(&r, 404, "NOT_FOUND", None);
     // A missing repo and org read like another org's: 404.
-    let r = env.api("GET", "/v1/acme/nope", Some(&read), None).await;
+    let r = env.get_repo(&read, "acme/nope").await;
     assert_error(&r, 404, "NOT_FOUND", None);
     let r = env.api("GET", "/v1/nobody", Some(&read), None).await;
     assert_error(&r, 404, "NOT_FOUND", None);
 
     // whoami: any valid key; revoked and expired keys are 401.
-    let (status, me) = env.api("GET", "/v1/whoami", Some(&read), None).await;
+    let (status, me) = env.whoami(&read).await;
     assert_eq!((status, me["scopes"].clone()), (200, json!(["read"])));
     let db = env.db().await.unwrap();
     db.execute(
@@ -502,7 +475,7 @@ async fn scopes_and_orgs_decide_401_403_404() {
     };
     let r = refused_within_bound("/v1/whoami", read.clone()).await;
     assert_error(&r, 401, "UNAUTHORIZED", None);
-    let (_, me) = env.api("GET", "/v1/whoami", Some(&write), None).await;
+    let (_, me) = env.whoami(&write).await;
     db.execute(
         "UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1",
         &[&me["key_id"].as_str().unwrap()],
@@ -553,9 +526,7 @@ async fn patch_upstream_and_auth_are_tri_state() {
         let env = &env;
         let key = key.clone();
         async move {
-            let (status, repo) = env
-                .api("PATCH", "/v1/acme/r", Some(&key), Some(&body))
-                .await;
+            let (status, repo) = env.patch_repo(&key, "acme/r", &body).await;
             assert_eq!(status, 200, "{repo}");
             repo
         }
@@ -605,7 +576,7 @@ async fn patch_upstream_and_auth_are_tri_state() {
 
     // An empty PATCH changes nothing.
     let before = patch(json!({})).await;
-    let (_, after) = env.api("GET", "/v1/acme/r", Some(&key), None).await;
+    let (_, after) = env.get_repo(&key, "acme/r").await;
     assert_eq!(before, after);
     assert!(!env.all_logs().contains(PASSWORD));
     env.cleanup().await.unwrap();
@@ -862,7 +833,7 @@ async fn pagination_edges() {
     let other = env.org_and_key("globex", "write").unwrap();
 
     // Empty lists.
-    let (status, list) = env.api("GET", "/v1/acme/repos", Some(&key), None).await;
+    let (status, list) = env.list_repos(&key, "acme").await;
     assert_eq!(
         (status, list),
         (
