@@ -438,7 +438,7 @@ async fn scopes_and_orgs_decide_401_403_404() {
         assert_error(&r, 404, "NOT_FOUND", None);
     }
     // Another org's key naming its own org cannot see acme's repo either.
-    let r = env.api("GET", "/v1/globex/r", Some(&other), None).await;
+    let r = env.get_repo(&other, "globex/r").await;
     assert_error(&r, 404, "NOT_FOUND", None);
     let r = env.delete_repo(&read, "acme/r").await;
     assert_error(&r, 403, "FORBIDDEN", None);
@@ -447,7 +447,7 @@ async fn scopes_and_orgs_decide_401_403_404() {
     // A missing repo and org read like another org's: 404.
     let r = env.get_repo(&read, "acme/nope").await;
     assert_error(&r, 404, "NOT_FOUND", None);
-    let r = env.api("GET", "/v1/nobody", Some(&read), None).await;
+    let r = env.get_org(&read, "nobody").await;
     assert_error(&r, 404, "NOT_FOUND", None);
 
     // whoami: any valid key; revoked and expired keys are 401.
@@ -847,9 +847,7 @@ async fn pagination_edges() {
         &json!({"name": "r", "upstream": {"url": URL}}),
     )
     .await;
-    let (status, list) = env
-        .api("GET", "/v1/acme/r/upstream/syncs", Some(&key), None)
-        .await;
+    let (status, list) = env.list_syncs(&key, "acme/r").await;
     assert_eq!(
         (status, list),
         (
@@ -921,9 +919,7 @@ async fn pagination_edges() {
         .await;
     assert_eq!(page["has_more"], false);
     assert!(page["next_cursor"].is_null());
-    let (_, page) = env
-        .api("GET", "/v1/acme/r/upstream/syncs", Some(&key), None)
-        .await;
+    let (_, page) = env.list_syncs(&key, "acme/r").await;
     assert_eq!(page["syncs"].as_array().unwrap().len(), 5);
 
     // Bad limits and cursors are 400 naming the parameter.
