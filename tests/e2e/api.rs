@@ -357,14 +357,7 @@ async fn scopes_and_orgs_decide_401_403_404() {
         &json!({"name": "r", "upstream": {"url": URL}}),
     )
     .await;
-    let (status, sync) = env
-        .api(
-            "POST",
-            "/v1/acme/r/upstream/syncs",
-            Some(&admin),
-            Some(&json!({"direction": "pull"})),
-        )
-        .await;
+    let (status, sync) = env.post_sync(&admin, "acme/r", Pull).await;
     assert_eq!(status, 201);
     let sync_path = format!("/v1/acme/r/upstream/syncs/{}", sync["id"].as_str().unwrap());
 
@@ -861,22 +854,11 @@ async fn pagination_edges() {
             .await;
     }
     // globex's repos never show in acme's list.
-    env.api(
-        "POST",
-        "/v1/globex/repos",
-        Some(&other),
-        Some(&json!({"name": "g"})),
-    )
-    .await;
+    env.post_repo(&other, "globex", &json!({"name": "g"})).await;
     let mut sync_ids = Vec::new();
     for i in 0..5 {
         let (status, s) = env
-            .api(
-                "POST",
-                "/v1/acme/r/upstream/syncs",
-                Some(&key),
-                Some(&json!({"direction": "pull", "ref_globs": {"branches": format!("b{i}")}})),
-            )
+            .post_sync_globs(&key, "acme/r", Pull, json!({"branches": format!("b{i}")}))
             .await;
         assert_eq!(status, 201);
         sync_ids.push(s["id"].clone());
@@ -972,11 +954,10 @@ async fn idempotency_keys_replay_and_refuse_reuse() {
         &json!({"name": "r", "upstream": {"url": URL}}),
     )
     .await;
-    env.api(
-        "POST",
-        "/v1/globex/repos",
-        Some(&other_key),
-        Some(&json!({"name": "r", "upstream": {"url": URL}})),
+    env.post_repo(
+        &other_key,
+        "globex",
+        &json!({"name": "r", "upstream": {"url": URL}}),
     )
     .await;
     let send = |key: &str, org: &str, idem: &str, body: &str| {
@@ -1059,12 +1040,7 @@ async fn idempotency_keys_replay_and_refuse_reuse() {
     assert_eq!((replayed.status, &replayed.body), (409, &conflict.body));
     // Without the key the same body makes a new sync now.
     let (status, _) = env
-        .api(
-            "POST",
-            "/v1/acme/r/upstream/syncs",
-            Some(&key),
-            Some(&json!({"direction":"pull","ref_globs":{"branches":"main","tags":"v*"}})),
-        )
+        .post_sync_globs(&key, "acme/r", Pull, json!({"branches":"main","tags":"v*"}))
         .await;
     assert_eq!(status, 201);
 
