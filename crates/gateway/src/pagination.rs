@@ -54,6 +54,35 @@ pub fn limit(raw: Option<&str>) -> Result<i64, ApiError> {
     }
 }
 
+/// A page request: its `limit`, and the position after `query.cursor`
+/// (a cursor of list `kind`), or `start` without one.
+pub fn request(query: &PageQuery, kind: &str, start: i64) -> Result<(i64, i64), ApiError> {
+    let limit = limit(query.limit.as_deref())?;
+    let position = match &query.cursor {
+        Some(c) => decode(kind, c)?,
+        None => start,
+    };
+    Ok((limit, position))
+}
+
+/// Cut `rows`, read as `limit + 1` to learn whether more exist, down to the
+/// page: `has_more`, and the cursor after its last row when there is more.
+pub fn cut<T>(
+    rows: &mut Vec<T>,
+    limit: i64,
+    kind: &str,
+    seq: impl Fn(&T) -> i64,
+) -> (bool, Option<String>) {
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next_cursor = if has_more {
+        rows.last().map(|r| encode(kind, seq(r)))
+    } else {
+        None
+    };
+    (has_more, next_cursor)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -403,22 +403,12 @@ pub async fn list(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     caller.for_org(&path, Scope::Read)?;
-    let limit = pagination::limit(query.limit.as_deref())?;
-    let after = match &query.cursor {
-        Some(c) => pagination::decode("r", c)?,
-        None => 0,
-    };
+    let (limit, after) = pagination::request(&query, "r", 0)?;
     let client = caller.db(&state.pool).await?;
     let mut repos = depot_store::repos::list(&client, &caller.key.org_id, after, limit + 1).await?;
-    let has_more = repos.len() as i64 > limit;
-    repos.truncate(limit as usize);
+    let (has_more, next_cursor) = pagination::cut(&mut repos, limit, "r", |r| r.seq);
     let ids: Vec<String> = repos.iter().map(|r| r.id.clone()).collect();
     let latest = depot_store::syncs::latest_for(&client, &ids).await?;
-    let next_cursor = if has_more {
-        repos.last().map(|r| pagination::encode("r", r.seq))
-    } else {
-        None
-    };
     let head = format!(
         "{{\"has_more\":{has_more},\"next_cursor\":{},\"repos\":[",
         views::text(&next_cursor)

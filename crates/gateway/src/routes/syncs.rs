@@ -250,11 +250,7 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let (org, repo_name) = path.into_inner();
     caller.for_repo(&org, &repo_name, Scope::Read)?;
-    let limit = pagination::limit(query.limit.as_deref())?;
-    let before = match &query.cursor {
-        Some(c) => pagination::decode("s", c)?,
-        None => i64::MAX,
-    };
+    let (limit, before) = pagination::request(&query, "s", i64::MAX)?;
     caller.release_db();
     let (pool, org_id) = (&state.pool, caller.key.org_id.as_str());
     let read = || async {
@@ -262,13 +258,7 @@ pub async fn list(
         let repo = load_repo(&client, org_id, &repo_name).await?;
         let mut syncs = depot_store::syncs::list(&client, &repo.id, before, limit + 1).await?;
         drop(client);
-        let has_more = syncs.len() as i64 > limit;
-        syncs.truncate(limit as usize);
-        let next_cursor = if has_more {
-            syncs.last().map(|s| pagination::encode("s", s.seq))
-        } else {
-            None
-        };
+        let (has_more, next_cursor) = pagination::cut(&mut syncs, limit, "s", |r| r.seq);
         let page = SyncPage {
             has_more,
             next_cursor,

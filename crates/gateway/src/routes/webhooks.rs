@@ -303,21 +303,11 @@ pub async fn list(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     caller.for_org(&path, Scope::Admin)?;
-    let limit = pagination::limit(query.limit.as_deref())?;
-    let after = match &query.cursor {
-        Some(c) => pagination::decode("w", c)?,
-        None => 0,
-    };
+    let (limit, after) = pagination::request(&query, "w", 0)?;
     let client = caller.db(&state.pool).await?;
     let mut targets =
         depot_store::webhooks::list_targets(&client, &caller.key.org_id, after, limit + 1).await?;
-    let has_more = targets.len() as i64 > limit;
-    targets.truncate(limit as usize);
-    let next_cursor = if has_more {
-        targets.last().map(|t| pagination::encode("w", t.seq))
-    } else {
-        None
-    };
+    let (has_more, next_cursor) = pagination::cut(&mut targets, limit, "w", |r| r.seq);
     let items: Vec<Value> = targets.iter().map(target_json).collect();
     Ok(HttpResponse::Ok().json(
         json!({ "next_cursor": next_cursor, "has_more": has_more, "webhook_targets": items }),
@@ -400,22 +390,12 @@ pub async fn deliveries(
 ) -> Result<HttpResponse, ApiError> {
     let (org, id) = path.into_inner();
     caller.for_org(&org, Scope::Admin)?;
-    let limit = pagination::limit(query.limit.as_deref())?;
-    let before = match &query.cursor {
-        Some(c) => pagination::decode("d", c)?,
-        None => i64::MAX,
-    };
+    let (limit, before) = pagination::request(&query, "d", i64::MAX)?;
     let client = caller.db(&state.pool).await?;
     let target = load(&client, &caller.key.org_id, &id).await?;
     let mut items =
         depot_store::webhooks::list_deliveries(&client, &target.id, before, limit + 1).await?;
-    let has_more = items.len() as i64 > limit;
-    items.truncate(limit as usize);
-    let next_cursor = if has_more {
-        items.last().map(|d| pagination::encode("d", d.seq))
-    } else {
-        None
-    };
+    let (has_more, next_cursor) = pagination::cut(&mut items, limit, "d", |r| r.seq);
     let items: Vec<Value> = items.iter().map(delivery_json).collect();
     Ok(HttpResponse::Ok()
         .json(json!({ "next_cursor": next_cursor, "has_more": has_more, "deliveries": items })))
