@@ -461,6 +461,46 @@ async fn a_receiver_that_never_answers_delays_no_sync() {
     env.cleanup().await.unwrap();
 }
 
+/// `webhooks.max_response_bytes`: a receiver that answers 200 and then
+/// streams a body forever is read only that far; the delivery succeeds at
+/// once instead of holding the connection until `webhooks.timeout_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_streaming_an_endless_answer_is_read_only_up_to_the_cap() {
+    let env = TestEnv::start(webhook_env(&[
+        ("DEPOT__WEBHOOKS__TIMEOUT_MS", "30000"),
+        ("DEPOT__WEBHOOKS__MAX_RESPONSE_BYTES", "1048576"),
+    ]))
+    .await
+    .unwrap();
+    let key = env.org_and_key(ORG, "read,write,admin").unwrap();
+    let receiver = WebhookReceiver::start().unwrap();
+    receiver.flood(true);
+    let (target, _) = create_target(&env, &key, json!({"url": receiver.url()})).await;
+    let (status, _) = env.post_repo(&key, ORG, &json!({"name": "flooded"})).await;
+    assert_eq!(status, 201);
+    // Well inside the 30 s timeout an unbounded read would run into.
+    let log = eventually(Duration::from_secs(20), "the delivery to succeed", || {
+        let (env, key, target) = (&env, &key, &target);
+        async move {
+            let log = deliveries(env, key, target).await;
+            Ok(log
+                .iter()
+                .any(|d| d["event_type"] == "repo.created" && d["status"] == "succeeded")
+                .then_some(log))
+        }
+    })
+    .await
+    .unwrap();
+    let created = log
+        .iter()
+        .find(|d| d["event_type"] == "repo.created")
+        .unwrap();
+    assert_eq!(created["attempts"], 1, "{created}");
+    assert_eq!(created["last_status_code"], 200, "{created}");
+    receiver.flood(false);
+    env.cleanup().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_get_only_the_events_and_repositories_they_asked_for() {
     let env = TestEnv::start(webhook_env(&[])).await.unwrap();

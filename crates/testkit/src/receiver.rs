@@ -27,6 +27,7 @@ struct State {
     received: Mutex<Vec<Received>>,
     script: Mutex<VecDeque<u16>>,
     hang: AtomicBool,
+    flood: AtomicBool,
 }
 
 pub struct WebhookReceiver {
@@ -102,6 +103,11 @@ impl WebhookReceiver {
         self.state.hang.store(on, Ordering::SeqCst);
     }
 
+    /// Answer 200 with a body that never ends (`true`), or normally again.
+    pub fn flood(&self, on: bool) {
+        self.state.flood.store(on, Ordering::SeqCst);
+    }
+
     /// Every request so far, in arrival order.
     pub fn received(&self) -> Vec<Received> {
         self.state
@@ -168,6 +174,13 @@ async fn handle(state: web::Data<State>, req: HttpRequest, body: Bytes) -> HttpR
             body,
             answered: status,
         });
+    if state.flood.load(Ordering::SeqCst) {
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let endless = futures_util::stream::repeat_with(move || {
+            Ok::<Bytes, std::convert::Infallible>(chunk.clone())
+        });
+        return HttpResponse::build(actix_web::http::StatusCode::OK).streaming(endless);
+    }
     let code = actix_web::http::StatusCode::from_u16(status)
         .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
     HttpResponse::build(code).body("ok")
