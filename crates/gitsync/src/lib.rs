@@ -17,6 +17,7 @@
 mod error;
 pub mod housekeeping;
 mod net;
+mod packed_refs;
 mod pull;
 mod push;
 mod repo;

@@ -19,6 +19,8 @@
 //! longer than any run.
 
 use depot_domain::{Outcome, RefKind, RefStat};
+use std::collections::HashMap;
+
 use git2::{ErrorCode, ObjectType, Odb, Oid, Repository};
 
 use crate::RunSpec;
@@ -36,6 +38,10 @@ const REFLOG_MSG: &str = "depot-sync: pull";
 /// refs' objects; they stay unreachable and housekeeping prunes them once
 /// they are older than its grace period.
 const WILDCARD_FETCH_ABOVE: usize = 256;
+
+/// From this many ref creations on, a run writes them into `packed-refs`
+/// at once instead of one loose file each (`crate::packed_refs`).
+const PACKED_CREATE_FROM: usize = 64;
 
 /// A run that wrote at least this many refs packs the hosted repository's
 /// refs before it ends, so later runs (and clones) read one `packed-refs`
@@ -129,12 +135,20 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     }
     drop(remote);
 
-    let mut written = 0usize;
-    for (name, kind, advertised_oid) in wanted {
-        guard.check()?;
-        if !odb.exists(advertised_oid) {
+    for (_, _, advertised_oid) in &wanted {
+        if !odb.exists(*advertised_oid) {
             return Err(SyncError::of(FailureCode::FetchIncomplete));
         }
+    }
+    guard.check()?;
+    let created = create_packed(&repo, &odb, &wanted)?;
+    let mut written = 0usize;
+    for (name, kind, advertised_oid) in wanted {
+        if let Some(oid) = created.get(&name) {
+            stats.push(RefStat::new(name, None, oid.to_string(), Outcome::Updated));
+            continue;
+        }
+        guard.check()?;
         let stat = apply(&repo, &odb, &name, kind, advertised_oid)?;
         if stat.outcome == Outcome::Updated {
             written += 1;
@@ -151,6 +165,53 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
         }
     }
     Ok(stats)
+}
+
+/// The creations among `wanted` written at once into `packed-refs`
+/// (`crate::packed_refs`), when there are enough of them to be worth it:
+/// name -> value. What is not in the map is decided and written one by one
+/// by `apply`, which also makes the decision again for anything the batch
+/// deferred.
+fn create_packed(
+    repo: &Repository,
+    odb: &Odb<'_>,
+    wanted: &[(String, RefKind, Oid)],
+) -> Result<HashMap<String, Oid>, SyncError> {
+    let mut creations = Vec::new();
+    for (name, kind, oid) in wanted {
+        if *kind == RefKind::Branch && !is_commit(odb, *oid) {
+            continue;
+        }
+        if matches!(read_local(repo, name)?, Local::Absent) {
+            creations.push((name.clone(), *oid));
+        }
+    }
+    if creations.len() < PACKED_CREATE_FROM || writes_reflogs(repo) {
+        return Ok(HashMap::new());
+    }
+    let values: HashMap<String, Oid> = creations.iter().cloned().collect();
+    let done = crate::packed_refs::create(repo, odb, &creations);
+    Ok(done
+        .created
+        .into_iter()
+        .filter_map(|name| values.get(&name).map(|oid| (name, *oid)))
+        .collect())
+}
+
+/// Whether ref writes in this repository are logged (`core.logAllRefUpdates`
+/// `true` or `always`; unset means off in a bare repository). A packed
+/// creation writes no reflog, so such a repository gets every ref through
+/// libgit2, which logs it.
+fn writes_reflogs(repo: &Repository) -> bool {
+    let setting = repo
+        .config()
+        .ok()
+        .and_then(|c| c.get_string("core.logAllRefUpdates").ok());
+    match setting.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => !repo.is_bare(),
+        Some("false" | "no" | "off" | "0") => false,
+        Some(_) => true,
+    }
 }
 
 /// The sync id names the run in logs and paths: keep it boring.
