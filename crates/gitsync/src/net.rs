@@ -242,6 +242,12 @@ pub(crate) fn list_remote(
         .download(&[PROBE_REFSPEC], Some(opts))
         .map_err(|e| guard.error_from(&e))?;
     let heads = remote.list().map_err(|e| guard.error_from(&e))?;
+    Ok(advertised_refs(heads))
+}
+
+/// Branches and tags of an advertisement by name (peeled `^{}` entries and
+/// other namespaces left out).
+pub(crate) fn advertised_refs(heads: &[git2::RemoteHead<'_>]) -> BTreeMap<String, Advertised> {
     let mut out = BTreeMap::new();
     for head in heads {
         // git2 unwraps these as UTF-8; a hostile server can advertise other
@@ -260,7 +266,7 @@ pub(crate) fn list_remote(
             symbolic,
         });
     }
-    Ok(out)
+    out
 }
 
 const PROBE_REFSPEC: &str = "refs/depot/probe/list-only";

@@ -6,11 +6,14 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use depot_domain::{Outcome, RefKind, RefStat};
-use git2::{ErrorClass, ErrorCode, Oid, PushOptions, ReferenceType, RemoteRedirect, Repository};
+use git2::{
+    Direction, ErrorClass, ErrorCode, Oid, PushOptions, ReferenceType, Remote, RemoteRedirect,
+    Repository,
+};
 
 use crate::RunSpec;
 use crate::error::{SyncError, classify};
-use crate::net::{Abort, Guard, check_url, is_valid_ref_name, list_remote, open_existing};
+use crate::net::{Abort, Guard, advertised_refs, check_url, is_valid_ref_name, open_existing};
 use crate::pull::is_commit;
 
 /// Longest remote refusal message kept in a reason.
@@ -42,14 +45,16 @@ pub(crate) fn push(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     }
     crate::check_ref_count(spec, locals.len())?;
 
-    let advertised = {
-        let mut opts = guard.fetch_options();
-        let mut lister = repo.remote_anonymous(spec.url).map_err(|e| classify(&e))?;
-        let listed = list_remote(&mut lister, &mut opts, &guard)?;
-        // Best effort: the listing is all we needed from this connection.
-        let _ = lister.disconnect();
-        listed
-    };
+    // One connection for the plan and the push: the receive-pack
+    // advertisement it opens with is what the plan reads and what libgit2
+    // pushes against (a separate listing cost a second advertisement of
+    // every ref). Dropping `conn` disconnects.
+    guard.check()?;
+    let mut remote = repo.remote_anonymous(spec.url).map_err(|e| classify(&e))?;
+    let mut conn = remote
+        .connect_auth(Direction::Push, Some(guard.callbacks()), None)
+        .map_err(|e| guard.error_from(&e))?;
+    let advertised = advertised_refs(conn.list().map_err(|e| guard.error_from(&e))?);
     let remote_value = |name: &str| advertised.get(name).map(|a| a.oid);
 
     let odb = repo.odb().map_err(|e| classify(&e))?;
@@ -112,7 +117,7 @@ pub(crate) fn push(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     }
 
     guard.check()?;
-    let reports = send(&repo, spec, &guard, &to_push)?;
+    let reports = send(conn.remote(), &guard, &to_push)?;
     for p in to_push {
         let stat = RefStat::new(
             p.name.as_str(),
@@ -153,8 +158,7 @@ fn clean_message(msg: &str) -> String {
 /// One `Remote::push` of all planned refs; returns each ref's report
 /// (`None` = accepted, `Some(msg)` = refused by the remote).
 fn send(
-    repo: &Repository,
-    spec: &RunSpec<'_>,
+    remote: &mut Remote<'_>,
     guard: &Guard<'_>,
     planned: &[Planned],
 ) -> Result<BTreeMap<String, Option<String>>, SyncError> {
@@ -172,9 +176,11 @@ fn send(
                 .insert(name.to_owned(), status.map(str::to_owned));
             Ok(())
         });
-        // The push connection re-reads the remote's refs. If one we push
-        // moved since the plan, `before` (and maybe the decision) is stale:
-        // stop before anything is sent; the retry plans again.
+        // The plan read this connection's advertisement, so the updates
+        // match it; kept as the guard should libgit2 ever re-read the
+        // remote's refs: if one we push moved since the plan, `before` (and
+        // maybe the decision) is stale: stop before anything is sent; the
+        // retry plans again.
         callbacks.push_negotiation(|updates| {
             if guard.trip() {
                 return Err(git2::Error::new(
@@ -200,9 +206,11 @@ fn send(
             }
         });
         let mut opts = PushOptions::new();
+        // Threads for the pack builder's delta search, one per CPU: the
+        // search is most of a large push's CPU (docs/benchmarks.md).
         opts.remote_callbacks(callbacks)
-            .follow_redirects(RemoteRedirect::None);
-        let mut remote = repo.remote_anonymous(spec.url).map_err(|e| classify(&e))?;
+            .follow_redirects(RemoteRedirect::None)
+            .packbuilder_parallelism(0);
         remote
             .push(&refspecs, Some(&mut opts))
             .map_err(|e| guard.error_from(&e))?;
