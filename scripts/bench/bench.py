@@ -34,6 +34,10 @@ Environment knobs (defaults in brackets):
                      without the pushes of `large`
   BENCH_KEEP=1       keep the temporary directory and database
   BENCH_NO_DOC=1     do not rewrite docs/benchmarks.md
+  BENCH_PERF=<dir>   system-wide `perf record -g` around each timed sync
+                     (large pulls and pushes), one <dir>/NN-<repo>-<dir>.data
+                     each; profiled times are not comparable: use with
+                     BENCH_NO_DOC=1
 """
 
 from __future__ import annotations

@@ -683,10 +683,40 @@ class Core:
             return dict(last, status=f"still {last.get('status')} after {limit:.0f} s")
 
     def timed_sync(self, repo: str, direction: str, limit: float = 600) -> tuple[float, dict]:
-        t = time.monotonic()
-        s = self.enqueue(repo, direction)
-        s = self.wait_sync(repo, s["id"], limit)
-        return time.monotonic() - t, s
+        perf = self.start_perf(f"{repo}-{direction}")
+        try:
+            t = time.monotonic()
+            s = self.enqueue(repo, direction)
+            s = self.wait_sync(repo, s["id"], limit)
+            return time.monotonic() - t, s
+        finally:
+            self.stop_perf(perf)
+
+    def start_perf(self, label: str) -> subprocess.Popen | None:
+        """With BENCH_PERF=<dir>: a system-wide `perf record` (call graphs
+        by frame pointer) around one timed sync, so the worker, the git
+        processes it starts, Postgres and the upstream are all in it. A
+        profiled run is slower: its times are for reading the profile only."""
+        out = os.environ.get("BENCH_PERF")
+        if not out:
+            return None
+        os.makedirs(out, exist_ok=True)
+        self.perf_runs = getattr(self, "perf_runs", 0) + 1
+        path = os.path.join(out, f"{self.perf_runs:02d}-{label}.data")
+        p = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "499", "-o", path, "--quiet"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)  # perf attaches to every CPU before the sync starts
+        log(f"   perf: recording {path}")
+        return p
+
+    @staticmethod
+    def stop_perf(p: subprocess.Popen | None) -> None:
+        if p is not None:
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
     def sync_row(self, figure: str, elapsed: float, sync: dict, baseline: str, base: float) -> bool:
         if sync["status"] == "completed":
