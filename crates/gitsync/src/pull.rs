@@ -19,7 +19,7 @@
 //! longer than any run.
 
 use depot_domain::{Outcome, RefKind, RefStat};
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use git2::{ErrorCode, ObjectType, Odb, Oid, Repository};
 
@@ -140,16 +140,27 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
             return Err(SyncError::of(FailureCode::FetchIncomplete));
         }
     }
-    guard.check()?;
-    let created = create_packed(&repo, &odb, &wanted)?;
+    // Each hosted ref is read once here; `apply` decides on that value.
+    let mut decided = Vec::with_capacity(wanted.len());
+    for (name, kind, oid) in wanted {
+        guard.check()?;
+        let local = read_local(&repo, &name)?;
+        decided.push((name, kind, oid, local));
+    }
+    let created = create_packed(&repo, &odb, &decided);
     let mut written = 0usize;
-    for (name, kind, advertised_oid) in wanted {
-        if let Some(oid) = created.get(&name) {
-            stats.push(RefStat::new(name, None, oid.to_string(), Outcome::Updated));
+    for (name, kind, advertised_oid, local) in decided {
+        if created.contains(&name) {
+            stats.push(RefStat::new(
+                name,
+                None,
+                advertised_oid.to_string(),
+                Outcome::Updated,
+            ));
             continue;
         }
         guard.check()?;
-        let stat = apply(&repo, &odb, &name, kind, advertised_oid)?;
+        let stat = apply(&repo, &odb, &name, kind, advertised_oid, local)?;
         if stat.outcome == Outcome::Updated {
             written += 1;
         }
@@ -167,35 +178,30 @@ pub(crate) fn pull(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     Ok(stats)
 }
 
-/// The creations among `wanted` written at once into `packed-refs`
-/// (`crate::packed_refs`), when there are enough of them to be worth it:
-/// name -> value. What is not in the map is decided and written one by one
-/// by `apply`, which also makes the decision again for anything the batch
-/// deferred.
+/// The names of the creations among `decided` written at once into
+/// `packed-refs` (`crate::packed_refs`) with their advertised value, when
+/// there are enough of them to be worth it. Everything else is decided and
+/// written one by one by `apply`, which reads the hosted ref again for
+/// anything the batch deferred.
 fn create_packed(
     repo: &Repository,
     odb: &Odb<'_>,
-    wanted: &[(String, RefKind, Oid)],
-) -> Result<HashMap<String, Oid>, SyncError> {
-    let mut creations = Vec::new();
-    for (name, kind, oid) in wanted {
-        if *kind == RefKind::Branch && !is_commit(odb, *oid) {
-            continue;
-        }
-        if matches!(read_local(repo, name)?, Local::Absent) {
-            creations.push((name.clone(), *oid));
-        }
-    }
+    decided: &[(String, RefKind, Oid, Local)],
+) -> HashSet<String> {
+    let creations: Vec<(String, Oid)> = decided
+        .iter()
+        .filter(|(_, kind, oid, local)| {
+            matches!(local, Local::Absent) && (*kind == RefKind::Tag || is_commit(odb, *oid))
+        })
+        .map(|(name, _, oid, _)| (name.clone(), *oid))
+        .collect();
     if creations.len() < PACKED_CREATE_FROM || writes_reflogs(repo) {
-        return Ok(HashMap::new());
+        return HashSet::new();
     }
-    let values: HashMap<String, Oid> = creations.iter().cloned().collect();
-    let done = crate::packed_refs::create(repo, odb, &creations);
-    Ok(done
+    crate::packed_refs::create(repo, odb, &creations)
         .created
         .into_iter()
-        .filter_map(|name| values.get(&name).map(|oid| (name, *oid)))
-        .collect())
+        .collect()
 }
 
 /// Whether ref writes in this repository are logged (`core.logAllRefUpdates`
@@ -275,6 +281,7 @@ fn apply(
     name: &str,
     kind: RefKind,
     upstream: Oid,
+    read: Local,
 ) -> Result<RefStat, SyncError> {
     let after = upstream.to_string();
     let stat = |before: Option<Oid>, outcome: Outcome| {
@@ -282,15 +289,20 @@ fn apply(
     };
 
     if kind == RefKind::Branch && !is_commit(odb, upstream) {
-        let before = read_local(repo, name)?.oid();
-        return Ok(stat(before, Outcome::Filtered).with_reason("not_a_commit"));
+        return Ok(stat(read.oid(), Outcome::Filtered).with_reason("not_a_commit"));
     }
 
     // Two rounds: a failed create-only write means someone created the ref
-    // meanwhile, and the decision is made again against their value.
+    // meanwhile, and the decision is made again against their value. The
+    // first round decides on the value the caller read; a name the packed
+    // batch deferred as shadowed is read again then, in the second.
     let mut last_seen = None;
+    let mut read = Some(read);
     for _ in 0..2 {
-        let local = read_local(repo, name)?;
+        let local = match read.take() {
+            Some(local) => local,
+            None => read_local(repo, name)?,
+        };
         last_seen = local.oid();
         let local = match local {
             Local::Absent => match repo.reference(name, upstream, false, REFLOG_MSG) {
