@@ -237,3 +237,61 @@ async fn a_waiting_get_holds_no_pool_connection() {
     held.abort();
     env.cleanup().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_a_held_get_with_its_304_at_once_and_the_gateway_exits() {
+    let (mut env, key, path, _, _upstream) = queued_sync(&[]).await;
+    let etag = get(&env, &key, &path, &[]).await.etag.unwrap();
+    let held = {
+        let req = env
+            .http
+            .get(env.url(&path))
+            .bearer_auth(&key)
+            .header("if-none-match", &etag)
+            .header("prefer", "wait=60");
+        tokio::spawn(async move {
+            let res = req.send().await.unwrap();
+            let header = |name: &str| {
+                res.headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_string())
+            };
+            let answer = (
+                res.status().as_u16(),
+                header("etag"),
+                header("preference-applied"),
+                header("connection"),
+            );
+            (answer, res.text().await.unwrap(), Instant::now())
+        })
+    };
+    waiting(&env, 1.0).await;
+    let gateway = env.gateway.as_mut().expect("the gateway binary");
+    let pid = nix::unistd::Pid::from_raw(gateway.pid().unwrap());
+    let signalled = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let ((status, tag, applied, connection), body, answered) =
+        tokio::time::timeout(Duration::from_secs(5), held)
+            .await
+            .expect("the held GET answered within 5 s of SIGTERM")
+            .unwrap();
+    assert_eq!(status, 304);
+    assert_eq!(body, "");
+    assert_eq!(tag.as_deref(), Some(etag.as_str()));
+    assert_eq!(applied.as_deref(), Some("wait=60"));
+    assert_eq!(connection.as_deref(), Some("close"));
+    assert!(
+        answered - signalled < Duration::from_secs(2),
+        "{:?}",
+        answered - signalled
+    );
+    // `terminate` signals again (harmless) and waits for the exit.
+    let code = gateway.terminate(Duration::from_secs(10)).unwrap();
+    assert_eq!(code, Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        signalled.elapsed()
+    );
+    env.cleanup().await.unwrap();
+}

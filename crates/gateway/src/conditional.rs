@@ -18,8 +18,8 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::sync_watch::Interest;
-use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::{HttpRequest, HttpResponse};
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
@@ -29,7 +29,7 @@ use std::time::Duration;
 /// Longest `Prefer: wait` honoured; longer ones are shortened to it.
 pub const MAX_WAIT_SECONDS: u64 = 60;
 
-const PREFER: HeaderName = HeaderName::from_static("prefer");
+pub(crate) const PREFER: HeaderName = HeaderName::from_static("prefer");
 const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 
 /// What the request asked for.
@@ -112,15 +112,15 @@ impl Representation {
     }
 
     fn respond(self, status: StatusCode, held: Option<u64>) -> HttpResponse {
+        if status == StatusCode::NOT_MODIFIED {
+            return not_modified(&self.etag, held);
+        }
         let mut res = HttpResponse::build(status);
         if let Ok(tag) = HeaderValue::from_str(&self.etag) {
             res.insert_header((header::ETAG, tag));
         }
         if let Some(n) = held {
             res.insert_header((PREFERENCE_APPLIED, format!("wait={n}")));
-        }
-        if status == StatusCode::NOT_MODIFIED {
-            return res.finish();
         }
         res.insert_header((
             header::CONTENT_TYPE,
@@ -141,7 +141,8 @@ pub enum Watch<'a> {
 /// Answer a GET from `read` (one database read, its connection returned
 /// when it resolves; it also reports the repository's id): 200 with the tag,
 /// 304 when `If-None-Match` names it, and with `Prefer: wait` a 304 held
-/// until the representation changes or the wait runs out.
+/// until the representation changes, the wait runs out or the gateway
+/// stops (crate::sync_watch::SyncWatch::stop).
 pub async fn respond<F, Fut>(
     state: &AppState,
     req: &HttpRequest,
@@ -153,7 +154,10 @@ where
     Fut: Future<Output = Result<(Representation, String), ApiError>>,
 {
     let conditions = Conditions::of(req);
-    let wait = conditions.wait.filter(|_| conditions.may_wait());
+    // A stopping gateway holds nothing: the answer is the one without wait.
+    let wait = conditions
+        .wait
+        .filter(|_| conditions.may_wait() && !state.sync_watch.is_stopping());
     let deadline = wait.map(|n| tokio::time::Instant::now() + Duration::from_secs(n));
     let mut interest: Option<Interest> = match (wait, &watch) {
         (Some(_), Watch::Sync(id)) => Some(state.sync_watch.sync(id)),
@@ -177,14 +181,37 @@ where
             interest = Some(state.sync_watch.repo(&repo_id));
             continue;
         };
+        // A 304 needs only the tag: the body and the id are not kept for
+        // the wait (10,000 held requests pay for whatever is).
+        let etag = rep.etag;
+        drop((rep.body, repo_id));
         let _gauge = Held::new();
         tokio::select! {
             _ = waiting.changed() => {}
             _ = tokio::time::sleep_until(deadline) => {
-                return Ok(rep.respond(StatusCode::NOT_MODIFIED, Some(n)));
+                return Ok(not_modified(&etag, Some(n)));
+            }
+            _ = state.sync_watch.stopped() => {
+                // The client's next request would find the listener
+                // closed: close this connection rather than keep it alive
+                // into the shutdown.
+                let mut res = not_modified(&etag, Some(n));
+                res.head_mut().set_connection_type(ConnectionType::Close);
+                return Ok(res);
             }
         }
     }
+}
+
+fn not_modified(etag: &str, held: Option<u64>) -> HttpResponse {
+    let mut res = HttpResponse::build(StatusCode::NOT_MODIFIED);
+    if let Ok(tag) = HeaderValue::from_str(etag) {
+        res.insert_header((header::ETAG, tag));
+    }
+    if let Some(n) = held {
+        res.insert_header((PREFERENCE_APPLIED, format!("wait={n}")));
+    }
+    res.finish()
 }
 
 /// Counts a held request in `depot_gateway_waiting_requests`.

@@ -46,6 +46,7 @@ pub struct AppState {
 pub struct Application {
     port: u16,
     server: Server,
+    sync_watch: Arc<sync_watch::SyncWatch>,
 }
 
 impl Application {
@@ -79,7 +80,7 @@ impl Application {
             publisher,
             credential_key: CredentialKey::new(&key),
             credentials,
-            sync_watch,
+            sync_watch: sync_watch.clone(),
             settings,
         });
         let mut server = HttpServer::new(move || {
@@ -93,13 +94,17 @@ impl Application {
         })
         .listen(listener)?
         // Finish in-flight requests on SIGTERM for at most this long.
-        .shutdown_timeout(shutdown_seconds);
+        .shutdown_timeout(shutdown_seconds)
+        // Ours (`run_until_stopped`): a graceful stop must first end the
+        // requests held by `Prefer: wait`, which actix's would wait for.
+        .disable_signals();
         if workers > 0 {
             server = server.workers(workers);
         }
         Ok(Application {
             port,
             server: server.run(),
+            sync_watch,
         })
     }
 
@@ -112,8 +117,68 @@ impl Application {
         self.server.handle()
     }
 
-    /// Runs until SIGTERM/SIGINT (actix handles both: stop accepting, drain).
+    /// Stops gracefully as SIGTERM does: held waits answered (304) at once,
+    /// then no new connections and in-flight requests finished for at most
+    /// `gateway.shutdown_seconds`.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            server: self.server.handle(),
+            sync_watch: self.sync_watch.clone(),
+        }
+    }
+
+    /// Runs until stopped: SIGTERM stops gracefully ([`Stopper::stop`]),
+    /// SIGINT and SIGQUIT at once (as actix's own handling did).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let stopper = self.stopper();
+        let signals = tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::quit()),
+            ) else {
+                tracing::error!("cannot listen for shutdown signals");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM received; stopping gracefully");
+                    stopper.stop().await;
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT received; stopping now");
+                    stopper.stop_now().await;
+                }
+                _ = quit.recv() => {
+                    tracing::info!("SIGQUIT received; stopping now");
+                    stopper.stop_now().await;
+                }
+            }
+        });
+        let result = self.server.await;
+        signals.abort();
+        result
+    }
+}
+
+/// Stops a running [`Application`].
+#[derive(Clone)]
+pub struct Stopper {
+    server: actix_web::dev::ServerHandle,
+    sync_watch: Arc<sync_watch::SyncWatch>,
+}
+
+impl Stopper {
+    /// Graceful: held waits end first (each with its 304), so only real
+    /// work in flight is waited for.
+    pub async fn stop(&self) {
+        self.sync_watch.stop();
+        self.server.stop(true).await;
+    }
+
+    pub async fn stop_now(&self) {
+        self.sync_watch.stop();
+        self.server.stop(false).await;
     }
 }

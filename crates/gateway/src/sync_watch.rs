@@ -14,10 +14,15 @@
 //! - When notifications may have been lost (the listener reconnected),
 //!   every interest is woken: a request re-reads and answers or waits on;
 //!   a spurious wake costs a read, a missed one would cost the whole wait.
+//! - Once the gateway is stopping ([`SyncWatch::stop`]), no request waits:
+//!   held ones are woken to give their 304 at once, later ones do not start
+//!   waiting, so a graceful shutdown never waits for a `Prefer: wait` to run
+//!   out.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// The `LISTEN`/`NOTIFY` channel of sync changes; payload
 /// `<repo_id> <sync_id>`.
@@ -26,6 +31,8 @@ pub const CHANNEL: &str = "depot_syncs";
 #[derive(Default)]
 pub struct SyncWatch {
     keys: Mutex<HashMap<Key, watch::Sender<()>>>,
+    stopping: AtomicBool,
+    stop: Notify,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -108,6 +115,29 @@ impl SyncWatch {
         }
     }
 
+    /// The gateway is stopping: end every wait now and start no new one.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stop.notify_waiters();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once [`SyncWatch::stop`] was called (at once if it was).
+    pub async fn stopped(&self) {
+        let notified = self.stop.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a stop between the two is
+        // not missed (`notify_waiters` wakes only registered futures).
+        notified.as_mut().enable();
+        if self.is_stopping() {
+            return;
+        }
+        notified.await;
+    }
+
     /// Keys with at least one interest (tests, metrics).
     pub fn watched(&self) -> usize {
         self.keys
@@ -153,6 +183,7 @@ impl Drop for Interest {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::time::Duration;
 
@@ -195,6 +226,25 @@ mod tests {
         watch.changed_all();
         assert!(woken(&mut a).await);
         assert!(woken(&mut b).await);
+    }
+
+    #[tokio::test]
+    async fn stop_wakes_those_waiting_for_it_and_later_callers_at_once() {
+        let watch = SyncWatch::new();
+        let waiting = tokio::spawn({
+            let watch = watch.clone();
+            async move { watch.stopped().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        watch.stop();
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::timeout(Duration::from_millis(50), watch.stopped())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

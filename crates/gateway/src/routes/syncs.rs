@@ -274,6 +274,20 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn future_size<A, B, C, D, Fut>(_: impl Fn(A, B, C, D) -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every request held by `Prefer: wait` keeps its handler's future
+    /// (boxed by actix) for up to 60 s: 10,000 of them must fit the
+    /// gateway's memory bound (docs/benchmarks.md, row 8b).
+    #[test]
+    fn a_held_get_keeps_a_small_handler_future() {
+        let size = future_size(get);
+        eprintln!("GET sync handler future: {size} bytes");
+        assert!(size <= 2048, "{size} bytes");
+    }
+
     #[test]
     fn canonical_json_ignores_key_order() {
         let a: Value =
