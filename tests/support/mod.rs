@@ -71,7 +71,10 @@ where
     Fut: Future<Output = Result<Option<T>>>,
 {
     let deadline = Instant::now() + limit;
-    let mut pause = Duration::from_millis(20);
+    // Capped at 50 ms: most waits end within a second or two (a sync, a
+    // process start), and a coarser step was time every such wait
+    // overslept; a check is one request or query, cheap at this rate.
+    let mut pause = Duration::from_millis(10);
     loop {
         let last = check().await;
         match last {
@@ -84,7 +87,7 @@ where
             }
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(250));
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
