@@ -36,6 +36,16 @@ fn webhook_env(extra: &[(&str, &str)]) -> EnvOptions {
     }
 }
 
+/// The same settings, no worker and the gateway in-process: for the target
+/// operations and their validation, which need the HTTP API only (nothing
+/// is delivered).
+fn webhook_api_tier() -> EnvOptions {
+    EnvOptions {
+        extra_env: webhook_env(&[]).extra_env,
+        ..EnvOptions::api_only()
+    }
+}
+
 /// Create a target; returns `(id, secret)`.
 async fn create_target(env: &TestEnv, key: &str, body: Value) -> (String, String) {
     // Typed calls go through `api`: the answer is checked against
@@ -595,7 +605,7 @@ async fn a_target_on_a_refused_network_is_400_and_never_connected_to() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesas_generated_client_drives_the_five_target_operations() {
-    let env = TestEnv::start(webhook_env(&[])).await.unwrap();
+    let env = TestEnv::start(webhook_api_tier()).await.unwrap();
     let key = env.org_and_key(ORG, "read,write,admin").unwrap();
     let other = env.org_and_key("other", "read,write,admin").unwrap();
     let out = run_script(
@@ -625,7 +635,7 @@ async fn mesas_generated_client_drives_the_five_target_operations() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_requests_are_validated_field_by_field_and_need_admin() {
-    let env = TestEnv::start(webhook_env(&[])).await.unwrap();
+    let env = TestEnv::start(webhook_api_tier()).await.unwrap();
     let key = env.org_and_key(ORG, "read,write,admin").unwrap();
     let writer = env.org_and_key(ORG, "read,write").unwrap();
     let post = |body: Value| {
