@@ -265,12 +265,15 @@ impl TestEnv {
             cleaned: false,
         };
         test_env.create_migrated_database().await?;
+        // Workers first: they need neither the gateway nor one another
+        // (every broker connection declares the topology), so their start
+        // overlaps the wait for the gateway to listen.
+        for _ in 0..options.workers {
+            test_env.start_worker()?;
+        }
         match options.gateway {
             Gateway::Binary => test_env.start_gateway().await?,
             Gateway::InProcess => test_env.start_gateway_in_process().await?,
-        }
-        for _ in 0..options.workers {
-            test_env.start_worker()?;
         }
         Ok(test_env)
     }
