@@ -1,7 +1,8 @@
 //! Mesa's private keys and access tokens end to end: the admin CLI makes
-//! and revokes keys, the real gateway verifies tokens signed here with
+//! and revokes keys, the gateway verifies tokens signed here with
 //! ed25519-dalek exactly as Mesa's SDK signs them, and refuses each broken
-//! one with a 401 that names the check.
+//! one with a 401 that names the check. The gateway runs in-process (the
+//! API tier): no test here needs its process or its log.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -72,12 +73,7 @@ fn sign(key: &SigningKey, claims: &Value) -> String {
 }
 
 async fn env() -> TestEnv {
-    TestEnv::start(EnvOptions {
-        workers: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
+    TestEnv::start(EnvOptions::api_only()).await.unwrap()
 }
 
 /// A 401 whose message names `check` and holds nothing of the token.

@@ -122,12 +122,7 @@ async fn credential_key_rotation_needs_no_downtime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_key_is_refused_within_the_revocation_bound() {
-    let env = TestEnv::start(EnvOptions {
-        workers: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let env = TestEnv::start(EnvOptions::api_only()).await.unwrap();
     let key = env.org_and_key("acme", "read").unwrap();
     let (status, me) = env.whoami(&key).await;
     assert_eq!(status, 200, "{me}");
@@ -186,12 +181,7 @@ async fn the_upstream_policy_is_checked_again_when_a_run_starts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nul_characters_are_refused_not_stored() {
     let upstream = Upstream::start("nul").unwrap();
-    let env = TestEnv::start(EnvOptions {
-        workers: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let env = TestEnv::start(EnvOptions::api_only()).await.unwrap();
     let key = env.org_and_key("acme", "read,write").unwrap();
     let (status, body) = env
         .post_repo(&key, "acme", &json!({"name": "a", "tags": {"k": "v\u{0}"}}))

@@ -71,7 +71,10 @@ where
     Fut: Future<Output = Result<Option<T>>>,
 {
     let deadline = Instant::now() + limit;
-    let mut pause = Duration::from_millis(20);
+    // Capped at 50 ms: most waits end within a second or two (a sync, a
+    // process start), and a coarser step was time every such wait
+    // overslept; a check is one request or query, cheap at this rate.
+    let mut pause = Duration::from_millis(10);
     loop {
         let last = check().await;
         match last {
@@ -84,7 +87,7 @@ where
             }
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(250));
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 
@@ -262,12 +265,15 @@ impl TestEnv {
             cleaned: false,
         };
         test_env.create_migrated_database().await?;
+        // Workers first: they need neither the gateway nor one another
+        // (every broker connection declares the topology), so their start
+        // overlaps the wait for the gateway to listen.
+        for _ in 0..options.workers {
+            test_env.start_worker()?;
+        }
         match options.gateway {
             Gateway::Binary => test_env.start_gateway().await?,
             Gateway::InProcess => test_env.start_gateway_in_process().await?,
-        }
-        for _ in 0..options.workers {
-            test_env.start_worker()?;
         }
         Ok(test_env)
     }
