@@ -182,7 +182,8 @@ async fn a_worker_cut_off_from_postgres_stops_its_run_before_the_lease_is_handed
 }
 
 /// Item 4: a worker stopped (SIGTERM, `worker.grace_seconds` = 1) in the
-/// middle of a pull of thousands of refs gives the sync back so that the
+/// middle of the ref writes of a pull that fast-forwards thousands of
+/// branches gives the sync back so that the
 /// next run never meets a young `.lock` left by the stopped one: after a
 /// restart, the sync completes without `lock_contention`. (Here the git
 /// thread sees the stop before its next ref and stops in time; a thread
@@ -223,6 +224,45 @@ async fn a_sync_released_at_shutdown_never_meets_a_young_lock_of_its_last_run() 
     let key = env.org_and_key(ORG, "read,write").unwrap();
     let repo_id = create_repo(&env, &key, "mirror", &up, None).await.unwrap();
     let hosted = env.hosted_repo_path(&repo_id).await.unwrap();
+    // A first pull creates every branch (in one write of packed-refs); the
+    // upstream then moves them all, so the next pull fast-forwards each
+    // branch with a loose write of its own, one by one: the long stretch
+    // of ref writes the stop is to land in.
+    let first = post_sync(&env, &key, "mirror", json!({"direction": "pull"}))
+        .await
+        .unwrap();
+    let first = env
+        .wait_for_sync(
+            &key,
+            ORG,
+            "mirror",
+            first["id"].as_str().unwrap(),
+            SYNC_LIMIT,
+        )
+        .await
+        .unwrap();
+    assert_eq!(first["status"], "completed", "{first}");
+    let c2 = up.work.commit("main", "m2").unwrap();
+    up.publish().unwrap();
+    let mut lines = String::new();
+    for i in 0..BRANCHES {
+        lines.push_str(&format!("update refs/heads/b{i:05} {c2}\n"));
+    }
+    let mut update = depot_e2e::fixture::git_command()
+        .arg("--git-dir")
+        .arg(&up.bare)
+        .args(["update-ref", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    update
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    assert!(update.wait().unwrap().success());
+
     let sync = post_sync(&env, &key, "mirror", json!({"direction": "pull"}))
         .await
         .unwrap();
@@ -230,8 +270,7 @@ async fn a_sync_released_at_shutdown_never_meets_a_young_lock_of_its_last_run() 
     wait_in_progress(&env, &key, "mirror", &id, 1)
         .await
         .unwrap();
-    // Stop it while it writes refs: each branch is written loose, one by
-    // one, once the download is done (packed only at the end of the run).
+    // Stop it while it writes refs (the first loose ref file appears).
     eventually(SYNC_LIMIT, "the run to write refs", || async {
         let written = std::fs::read_dir(hosted.join("refs/heads"))
             .map(|mut d| d.next().is_some())
