@@ -181,6 +181,30 @@ async fn a_worker_cut_off_from_postgres_stops_its_run_before_the_lease_is_handed
     env.cleanup().await.unwrap();
 }
 
+/// `git update-ref --stdin` of `count` branches `bNNNNN` to `value` in
+/// one transaction; `verb` is `create` or `update`.
+fn set_branches(bare: &std::path::Path, verb: &str, count: usize, value: &str) {
+    use std::io::Write as _;
+    let mut lines = String::new();
+    for i in 0..count {
+        lines.push_str(&format!("{verb} refs/heads/b{i:05} {value}\n"));
+    }
+    let mut update = depot_e2e::fixture::git_command()
+        .arg("--git-dir")
+        .arg(bare)
+        .args(["update-ref", "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    update
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    assert!(update.wait().unwrap().success(), "update-ref {verb}");
+}
+
 /// Item 4: a worker stopped (SIGTERM, `worker.grace_seconds` = 1) in the
 /// middle of the ref writes of a pull that fast-forwards thousands of
 /// branches gives the sync back so that the
@@ -194,25 +218,7 @@ async fn a_sync_released_at_shutdown_never_meets_a_young_lock_of_its_last_run() 
     let up = Upstream::start("project").unwrap();
     let c1 = up.work.commit("main", "m1").unwrap();
     up.publish().unwrap();
-    let mut lines = String::new();
-    for i in 0..BRANCHES {
-        lines.push_str(&format!("create refs/heads/b{i:05} {c1}\n"));
-    }
-    let mut update = depot_e2e::fixture::git_command()
-        .arg("--git-dir")
-        .arg(&up.bare)
-        .args(["update-ref", "--stdin"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    update
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    assert!(update.wait().unwrap().success());
+    set_branches(&up.bare, "create", BRANCHES, &c1);
 
     let mut env = TestEnv::start(EnvOptions {
         workers: 1,
@@ -244,24 +250,7 @@ async fn a_sync_released_at_shutdown_never_meets_a_young_lock_of_its_last_run() 
     assert_eq!(first["status"], "completed", "{first}");
     let c2 = up.work.commit("main", "m2").unwrap();
     up.publish().unwrap();
-    let mut lines = String::new();
-    for i in 0..BRANCHES {
-        lines.push_str(&format!("update refs/heads/b{i:05} {c2}\n"));
-    }
-    let mut update = depot_e2e::fixture::git_command()
-        .arg("--git-dir")
-        .arg(&up.bare)
-        .args(["update-ref", "--stdin"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    update
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    assert!(update.wait().unwrap().success());
+    set_branches(&up.bare, "update", BRANCHES, &c2);
 
     let sync = post_sync(&env, &key, "mirror", json!({"direction": "pull"}))
         .await
