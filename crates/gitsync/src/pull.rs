@@ -8,7 +8,10 @@
 //! - only creates (create-only) and fast-forwards (CAS) are written: tags
 //!   never move, nothing is deleted, a concurrent writer is never
 //!   overwritten;
-//! - one ref that cannot be applied never fails the others.
+//! - one ref that cannot be applied never fails the others;
+//! - many creations at once go into `packed-refs` in one write
+//!   (`crate::packed_refs`), still create-only: a name that exists by then
+//!   is decided one by one like any other.
 //!
 //! No quarantine refs: libgit2's `Remote::download` negotiates and indexes
 //! the pack without `update_tips`, and the advertised id of each ref is the
