@@ -181,6 +181,18 @@ async fn a_worker_cut_off_from_postgres_stops_its_run_before_the_lease_is_handed
     env.cleanup().await.unwrap();
 }
 
+/// A pull sync of `repo`, waited for until it completed.
+async fn pull_to_completion(env: &TestEnv, key: &str, repo: &str) {
+    let sync = post_sync(env, key, repo, json!({"direction": "pull"}))
+        .await
+        .unwrap();
+    let done = env
+        .wait_for_sync(key, ORG, repo, sync["id"].as_str().unwrap(), SYNC_LIMIT)
+        .await
+        .unwrap();
+    assert_eq!(done["status"], "completed", "{done}");
+}
+
 /// `git update-ref --stdin` of `count` branches `bNNNNN` to `value` in
 /// one transaction; `verb` is `create` or `update`.
 fn set_branches(bare: &std::path::Path, verb: &str, count: usize, value: &str) {
@@ -234,20 +246,7 @@ async fn a_sync_released_at_shutdown_never_meets_a_young_lock_of_its_last_run() 
     // upstream then moves them all, so the next pull fast-forwards each
     // branch with a loose write of its own, one by one: the long stretch
     // of ref writes the stop is to land in.
-    let first = post_sync(&env, &key, "mirror", json!({"direction": "pull"}))
-        .await
-        .unwrap();
-    let first = env
-        .wait_for_sync(
-            &key,
-            ORG,
-            "mirror",
-            first["id"].as_str().unwrap(),
-            SYNC_LIMIT,
-        )
-        .await
-        .unwrap();
-    assert_eq!(first["status"], "completed", "{first}");
+    pull_to_completion(&env, &key, "mirror").await;
     let c2 = up.work.commit("main", "m2").unwrap();
     up.publish().unwrap();
     set_branches(&up.bare, "update", BRANCHES, &c2);
@@ -316,20 +315,7 @@ async fn a_sync_abandoned_at_shutdown_is_claimed_again_only_once_its_locks_are_s
     let key = env.org_and_key(ORG, "read,write").unwrap();
     let repo_id = create_repo(&env, &key, "mirror", &up, None).await.unwrap();
     // A first pull creates the hosted repository the fault goes into.
-    let first = post_sync(&env, &key, "mirror", json!({"direction": "pull"}))
-        .await
-        .unwrap();
-    let first = env
-        .wait_for_sync(
-            &key,
-            ORG,
-            "mirror",
-            first["id"].as_str().unwrap(),
-            SYNC_LIMIT,
-        )
-        .await
-        .unwrap();
-    assert_eq!(first["status"], "completed", "{first}");
+    pull_to_completion(&env, &key, "mirror").await;
     let fifo = env
         .hosted_repo_path(&repo_id)
         .await
