@@ -133,7 +133,15 @@ async fn one_trace_covers_request_and_run_and_is_exported_over_otlp() {
     assert_eq!(finished["span"]["method"], "POST", "{finished}");
     assert_eq!(finished["status"], 201, "{finished}");
     assert!(finished["latency_ms"].is_number(), "{finished}");
-    let worker = json_lines(&env.workers[0].log_text());
+    // The worker logs "sync run ended" after it has written the outcome the
+    // API showed above: wait for the line rather than race it.
+    let worker = eventually(Duration::from_secs(10), "the run ended line", || {
+        let lines = json_lines(&env.workers[0].log_text());
+        let found = line_for_sync(&lines, "sync run ended", &sync_id).is_some();
+        async move { Ok(found.then_some(lines)) }
+    })
+    .await
+    .unwrap();
     let started = line_for_sync(&worker, "sync run started", &sync_id).expect("run started");
     assert_eq!(started["span"]["trace_id"], trace_id.as_str(), "{started}");
     let ended = line_for_sync(&worker, "sync run ended", &sync_id).expect("run ended");
