@@ -17,11 +17,18 @@
 //!   [`TelemetryGuard`] flushes what is pending.
 //! - Spans get real trace ids even when nothing is exported, so trace context
 //!   propagates and a 500 body can name its trace.
+//! - JSON lines are formatted in one pass (module `json`): the stock
+//!   formatter's layout, without its parse and re-serialize of a span's
+//!   fields on every record and every line.
 //! - Lines are written to stdout by a dedicated thread (tracing-appender's
 //!   non-blocking writer): a request thread only formats its line and hands
-//!   it over, it never waits on the terminal or pipe. The writer never drops
-//!   a line (when its queue is full, callers wait); dropping the
-//!   [`TelemetryGuard`] writes out what is queued.
+//!   it over, it never waits on the terminal or pipe. That thread writes
+//!   what it has drained in one system call (a buffer it flushes whenever
+//!   its queue is empty). The writer never drops a line (when its queue is
+//!   full, callers wait); dropping the [`TelemetryGuard`] writes out what is
+//!   queued.
+
+mod json;
 
 use depot_settings::{LogFormat, Telemetry};
 use opentelemetry::propagation::TextMapCompositePropagator;
@@ -93,7 +100,7 @@ fn tracer_provider(settings: &Telemetry, service: &str) -> (SdkTracerProvider, O
 /// (docs/benchmarks.md, 1e). Context activation is off either way: nothing
 /// here reads OpenTelemetry's implicit current context; trace context is
 /// taken from the `tracing` span ([`inject_current`]).
-fn otel_layer<S>(
+pub fn otel_layer<S>(
     tracer: opentelemetry_sdk::trace::Tracer,
     exporting: bool,
 ) -> impl tracing_subscriber::Layer<S>
@@ -110,6 +117,20 @@ where
         .with_filter(tracing_subscriber::filter::filter_fn(move |meta| {
             exporting || meta.is_span()
         }))
+}
+
+/// The JSON lines layer (module `json`: the stock layout, written in one
+/// pass), writing to `writer`.
+pub fn json_layer<S, W>(writer: W) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .fmt_fields(json::JsonFields)
+        .event_format(json::JsonLines)
+        .with_writer(writer)
 }
 
 /// Colour escapes only for a person watching a terminal: in a file or a
@@ -142,18 +163,16 @@ pub fn init(settings: &Telemetry, default_service: &str) -> TelemetryGuard {
     let (writer, log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("depot-log-writer")
-        .finish(std::io::stdout());
+        // Buffered below the writer thread: it flushes after each batch it
+        // drains, so a busy gateway writes many lines per system call
+        // instead of one (stdout alone is line-buffered), and a quiet one
+        // still writes each line at once.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     let installed = match settings.format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(writer),
-            )
-            .try_init(),
+        LogFormat::Json => registry.with(json_layer(writer)).try_init(),
         LogFormat::Pretty => registry
             .with(
                 tracing_subscriber::fmt::layer()
