@@ -38,6 +38,8 @@ Environment knobs (defaults in brackets):
                      (large pulls and pushes), one <dir>/NN-<repo>-<dir>.data
                      each; profiled times are not comparable: use with
                      BENCH_NO_DOC=1
+  BENCH_WORKER_WRAP  a command prefix for each worker (e.g. "heaptrack -o DIR/worker"):
+                     for reading a profile; the worker RSS rows then read the wrapper
 """
 
 from __future__ import annotations

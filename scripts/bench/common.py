@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -93,8 +94,11 @@ PROCS: list["Proc"] = []
 class Proc:
     """A child in its own session, logging to WORK/logs/NAME.log."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: str):
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: str, group: bool = False):
         self.name = name
+        # Signal the whole process group (a wrapper such as heaptrack and
+        # the program it runs), not just the child.
+        self.group = group
         self.logpath = os.path.join(logdir, f"{name}.log")
         self.logfile = open(self.logpath, "wb")
         self.p = subprocess.Popen(
@@ -127,10 +131,11 @@ class Proc:
     def stop(self, limit: float = 15.0) -> None:
         if self.p.poll() is None:
             try:
-                os.kill(self.p.pid, signal.SIGTERM)
+                kill = os.killpg if self.group else os.kill
+                kill(self.p.pid, signal.SIGTERM)
                 self.p.wait(limit)
             except subprocess.TimeoutExpired:
-                os.kill(self.p.pid, signal.SIGKILL)
+                kill(self.p.pid, signal.SIGKILL)
                 self.p.wait()
             except ProcessLookupError:
                 pass
@@ -627,12 +632,16 @@ class Core:
         out = []
         for i in range(n):
             self.worker_starts = getattr(self, "worker_starts", 0) + 1
-            p = Proc(f"worker-{self.worker_starts}", [self.bin("depot-worker")],
+            # BENCH_WORKER_WRAP="heaptrack -o DIR/worker": run each worker
+            # under a profiler (its figures are then for reading the profile
+            # only: the RSS rows read the wrapper's process).
+            wrap = shlex.split(os.environ.get("BENCH_WORKER_WRAP", ""))
+            p = Proc(f"worker-{self.worker_starts}", wrap + [self.bin("depot-worker")],
                      self.env(**{"DEPOT__WORKER__METRICS_LISTEN": f"127.0.0.1:{METRICS_PORT + len(self.workers)}",
                                  "DEPOT__WORKER__CONCURRENCY": str(WORKER_CONCURRENCY),
                                  # libgit2's own error text is logged at debug
                                  "DEPOT__TELEMETRY__FILTER": "info,depot_gitsync::error=debug", **extra}),
-                     self.logs)
+                     self.logs, group=bool(wrap))
             self.workers.append(p)
             out.append(p)
         for p in out:

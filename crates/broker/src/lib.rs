@@ -135,6 +135,22 @@ impl BrokerOptions {
     }
 }
 
+/// The frame size a connection asks for unless its URL names one
+/// (`?frame_max=`). lapin keeps a send and a receive buffer of 32 frames
+/// each, zero-filled (resident) from the start: at RabbitMQ's 128 KiB
+/// default that is 8 MiB per process, a quarter of an idle worker's RSS
+/// (measured with heaptrack, docs/benchmarks.md). Jobs and webhook
+/// deliveries are a few KiB; a larger message is split into frames.
+pub const FRAME_MAX: u32 = 16 * 1024;
+
+/// `url` parsed, with [`FRAME_MAX`] when it names no frame size; `None`
+/// when it does not parse (the caller lets lapin say why).
+fn small_frames(url: &str) -> Option<lapin::uri::AMQPUri> {
+    let mut uri: lapin::uri::AMQPUri = url.parse().ok()?;
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    Some(uri)
+}
+
 /// One connection with a confirm-mode channel for publishing. Cheap to share
 /// behind an `Arc`; when it breaks, build a new one (see the supervisors in
 /// the gateway and the worker) rather than relying on automatic recovery.
@@ -150,12 +166,14 @@ impl Broker {
     pub async fn connect(options: BrokerOptions) -> Result<Broker, BrokerError> {
         let props = ConnectionProperties::default()
             .with_connection_name(options.connection_name.clone().into());
-        let connection = timed(
-            "connect",
-            options.timeout,
-            Connection::connect(&options.url, props),
-        )
-        .await?;
+        let connect = async {
+            match small_frames(&options.url) {
+                Some(uri) => Connection::connect_uri(uri, props).await,
+                // Unparsable: lapin reports it as it always did.
+                None => Connection::connect(&options.url, props).await,
+            }
+        };
+        let connection = timed("connect", options.timeout, connect).await?;
         let topology = Topology::new(&options.namespace);
         let publisher = timed("open channel", options.timeout, connection.create_channel()).await?;
         let broker = Broker {
@@ -666,6 +684,16 @@ fn routing_key(job: &SyncJob) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_asks_for_small_frames_unless_its_url_names_a_size() {
+        let uri = small_frames("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(uri.query.frame_max, Some(FRAME_MAX));
+        assert_eq!(uri.authority.host, "127.0.0.1");
+        let uri = small_frames("amqp://127.0.0.1:5672/%2f?frame_max=131072").unwrap();
+        assert_eq!(uri.query.frame_max, Some(131072));
+        assert!(small_frames("not a url").is_none());
+    }
 
     #[test]
     fn delay_buckets() {
