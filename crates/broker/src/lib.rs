@@ -683,6 +683,7 @@ fn routing_key(job: &SyncJob) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
