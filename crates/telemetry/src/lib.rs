@@ -230,8 +230,11 @@ pub fn set_parent(span: &tracing::Span, carrier: &HashMap<String, String>) {
 /// Record `span`'s trace id in its `trace_id` field, so log lines written
 /// inside it name the trace.
 pub fn record_trace_id(span: &tracing::Span) {
-    if let Some(id) = trace_id_of(span) {
-        span.record("trace_id", id.as_str());
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        // Formatted straight into the line's fields: no String per request.
+        span.record("trace_id", tracing::field::display(sc.trace_id()));
     }
 }
 
