@@ -79,7 +79,7 @@ pub(crate) fn push(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     // A connection without a whole advertisement read by the transport
     // cannot happen (libgit2 needs the same flush); no plan without it.
     let advertised = intent
-        .advertised()
+        .take_advertised()
         .ok_or_else(|| SyncError::of(FailureCode::InternalError))?;
     let remote_value = |name: &str| advertised.get(name).copied();
 

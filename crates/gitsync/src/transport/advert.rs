@@ -115,9 +115,9 @@ impl PushIntent {
     }
 
     /// The remote's values of the intent's refs, once a whole advertisement
-    /// was read (`None` before).
-    pub(crate) fn advertised(&self) -> Option<HashMap<String, Oid>> {
-        self.seen.lock().ok().and_then(|s| s.clone())
+    /// was read (`None` before, and after the first call).
+    pub(crate) fn take_advertised(&self) -> Option<HashMap<String, Oid>> {
+        self.seen.lock().ok().and_then(|mut s| s.take())
     }
 }
 
@@ -200,32 +200,30 @@ impl Trimmer {
             return;
         }
         self.input.extend_from_slice(data);
+        let input = std::mem::take(&mut self.input);
         let mut start = 0;
         while self.phase != Phase::Done {
-            let rest = &self.input[start..];
+            let rest = &input[start..];
             if rest.len() < LEN {
                 break;
             }
-            let Some(len) = pkt_len(&rest[..LEN]) else {
-                // libgit2 reports a bad length itself: let it see it.
-                self.pass_rest(start);
-                return;
+            // A bad length (or 0001-0003) is libgit2's to report: it gets
+            // the bytes as they came.
+            let Some(len) = pkt_len(&rest[..LEN]).filter(|l| *l == 0 || *l >= LEN) else {
+                self.phase = Phase::Done;
+                break;
             };
-            let len = if len == 0 { LEN } else { len };
-            if len < LEN {
-                self.pass_rest(start);
-                return;
-            }
+            let len = len.max(LEN);
             if rest.len() < len {
                 break;
             }
-            let pkt = self.input[start..start + len].to_vec();
+            self.handle(&rest[..len]);
             start += len;
-            self.handle(&pkt);
         }
         if self.phase == Phase::Done {
-            self.pass_rest(start);
+            self.output.extend_from_slice(&input[start..]);
         } else {
+            self.input = input;
             self.input.drain(..start);
         }
     }
@@ -237,8 +235,8 @@ impl Trimmer {
     }
 
     fn pass_rest(&mut self, from: usize) {
-        self.output.extend_from_slice(&self.input[from..]);
-        self.input.clear();
+        let input = std::mem::take(&mut self.input);
+        self.output.extend_from_slice(&input[from..]);
         self.phase = Phase::Done;
     }
 
@@ -564,7 +562,7 @@ mod tests {
                     >= 1003
             );
         }
-        let seen = i.advertised().unwrap();
+        let seen = i.take_advertised().unwrap();
         assert_eq!(seen.len(), 2);
         assert_eq!(seen["refs/heads/main"], oid(1));
         assert_eq!(seen["refs/heads/kept"], oid(5));
@@ -578,7 +576,7 @@ mod tests {
             Oid::zero()
         ))]);
         assert_eq!(trim(&i, &empty, 5).0, empty);
-        assert!(i.advertised().unwrap().is_empty());
+        assert!(i.take_advertised().unwrap().is_empty());
 
         let err = advertisement(&[pkt("ERR access denied\n")]);
         assert_eq!(trim(&intent(&[]), &err, 2).0, err);
@@ -587,7 +585,7 @@ mod tests {
         bad.extend_from_slice(b"0000zzzzwhatever");
         let i = intent(&[]);
         assert_eq!(trim(&i, &bad, 3).0, bad);
-        assert!(i.advertised().is_none());
+        assert!(i.take_advertised().is_none());
 
         let mut truncated = pkt(HEADER);
         truncated.extend_from_slice(b"0000");
@@ -605,7 +603,7 @@ mod tests {
             ref_pkt(4, "refs/heads/gone"),
         ];
         let (out, _) = trim(&i, &advertisement(&lines), 11);
-        let seen = i.advertised().unwrap();
+        let seen = i.take_advertised().unwrap();
         assert_eq!(seen["refs/heads/main"], oid(2));
         assert_eq!(seen["refs/heads/gone"], oid(4));
         // main is unchanged (held as a branch tip), its duplicate dropped,
