@@ -20,7 +20,8 @@
 //!   (`non-fastforwardable`) before sending anything. Then **every** head
 //!   with a non-zero id is hidden in the revision walk (not-found,
 //!   non-commit and peel errors ignored), and the pack builder marks the
-//!   trees of the hidden tips uninteresting. That walk is time-sorted and
+//!   trees of the hidden tips uninteresting (reading each tip's whole
+//!   tree). That walk is time-sorted and
 //!   keeps hidden commits in a date-sorted list, quadratic in the number of
 //!   hidden tips: the cost this module removes (docs/benchmarks.md, 8b).
 //! - `report-status` and `side-band-64k` are requested on the first command
@@ -75,9 +76,13 @@ use git2::{ObjectType, Oid, Repository};
 
 use super::Transfer;
 
-/// Most advertised refs shown to libgit2 besides the pushed refs and those
-/// at pushed values.
-pub(crate) const MAX_HIDE_TIPS: usize = 256;
+/// Most advertised refs shown to libgit2 besides the pushed refs, those at
+/// pushed values and those the ancestor walk found: a fallback for the
+/// pack's size only. Kept small because every hidden tip costs libgit2 a
+/// read of its whole tree (`mark_edges_uninteresting`): 256 of them took
+/// about 0.25 s more than 16 in the 10,001-ref push of docs/benchmarks.md
+/// (8b).
+pub(crate) const MAX_HIDE_TIPS: usize = 32;
 /// Most commits the search for shown ancestors of the pushed values reads.
 pub(crate) const MAX_WALK: usize = 1024;
 /// A line longer than this is never held back for later (a hide tip is not
