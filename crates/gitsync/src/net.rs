@@ -114,6 +114,14 @@ impl<'a> Guard<'a> {
         }
     }
 
+    /// Trim this run's push advertisements to `intent`'s refs (see
+    /// `transport::advert`).
+    pub(crate) fn intend_push(&self, intent: std::sync::Arc<crate::transport::PushIntent>) {
+        if let Ok(scope) = &self.scope {
+            scope.intend_push(intent);
+        }
+    }
+
     pub(crate) fn abort(&self, why: Abort) {
         if self.aborted.get().is_none() {
             self.aborted.set(Some(why));

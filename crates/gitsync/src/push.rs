@@ -1,11 +1,18 @@
 //! hosted -> upstream: plan against the remote's advertised refs, push the
 //! creations and fast-forwards without `+`, read each ref's fate from the
 //! report-status callbacks.
+//!
+//! The matched refs are handed to the transport before it connects
+//! ([`PushIntent`]): libgit2 is shown a trimmed advertisement (the refs it
+//! updates plus a bounded set of hide tips, `transport::advert`), and the
+//! plan reads the remote's values of the matched refs from the transport,
+//! taken from the same bytes.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use depot_domain::{Outcome, RefKind, RefStat};
+use depot_domain::{FailureCode, Outcome, RefKind, RefStat};
 use git2::{
     Direction, ErrorClass, ErrorCode, Oid, PushOptions, ReferenceType, Remote, RemoteRedirect,
     Repository,
@@ -13,8 +20,9 @@ use git2::{
 
 use crate::RunSpec;
 use crate::error::{SyncError, classify};
-use crate::net::{Abort, Guard, advertised_refs, check_url, is_valid_ref_name, open_existing};
+use crate::net::{Abort, Guard, check_url, is_valid_ref_name, open_existing};
 use crate::pull::is_commit;
+use crate::transport::PushIntent;
 
 /// Longest remote refusal message kept in a reason.
 const MAX_REMOTE_MESSAGE: usize = 200;
@@ -46,16 +54,34 @@ pub(crate) fn push(spec: &RunSpec<'_>) -> Result<Vec<RefStat>, SyncError> {
     crate::check_ref_count(spec, locals.len())?;
 
     // One connection for the plan and the push: the receive-pack
-    // advertisement it opens with is what the plan reads and what libgit2
-    // pushes against (a separate listing cost a second advertisement of
-    // every ref). Dropping `conn` disconnects.
+    // advertisement it opens with is what the plan reads (through the
+    // intent) and what libgit2 pushes against (a separate listing cost a
+    // second advertisement of every ref). Dropping `conn` disconnects.
+    let intent = Arc::new(PushIntent::new(
+        spec.repo_path.to_owned(),
+        locals
+            .iter()
+            .map(|(name, (_, source))| {
+                let value = match source {
+                    Source::Value(v) => Some(*v),
+                    Source::Filtered(..) => None,
+                };
+                (name.clone(), value)
+            })
+            .collect(),
+    ));
+    guard.intend_push(Arc::clone(&intent));
     guard.check()?;
     let mut remote = repo.remote_anonymous(spec.url).map_err(|e| classify(&e))?;
     let mut conn = remote
         .connect_auth(Direction::Push, Some(guard.callbacks()), None)
         .map_err(|e| guard.error_from(&e))?;
-    let advertised = advertised_refs(conn.list().map_err(|e| guard.error_from(&e))?);
-    let remote_value = |name: &str| advertised.get(name).map(|a| a.oid);
+    // A connection without a whole advertisement read by the transport
+    // cannot happen (libgit2 needs the same flush); no plan without it.
+    let advertised = intent
+        .take_advertised()
+        .ok_or_else(|| SyncError::of(FailureCode::InternalError))?;
+    let remote_value = |name: &str| advertised.get(name).copied();
 
     let odb = repo.odb().map_err(|e| classify(&e))?;
     let mut stats = Vec::new();
@@ -176,9 +202,11 @@ fn send(
                 .insert(name.to_owned(), status.map(str::to_owned));
             Ok(())
         });
-        // The plan read this connection's advertisement, so the updates
-        // match it; kept as the guard should libgit2 ever re-read the
-        // remote's refs: if one we push moved since the plan, `before` (and
+        // The plan read the values the transport recorded from the
+        // advertisement libgit2 was shown, so the updates match it; this
+        // check is what holds the two together (should the trimming ever
+        // hide a pushed ref's line, or libgit2 re-read the remote's refs):
+        // if a ref we push has another old id than planned, `before` (and
         // maybe the decision) is stale: stop before anything is sent; the
         // retry plans again.
         callbacks.push_negotiation(|updates| {

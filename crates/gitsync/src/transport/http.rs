@@ -40,6 +40,7 @@ use ureq::unversioned::transport::{
 };
 use ureq::{Body, BodyReader, SendBody};
 
+use super::advert::Trimmer;
 use super::{Net, Origin, RunCtx, Transfer, USER_AGENT};
 use crate::error::{SyncError, from_http_status};
 use depot_domain::FailureCode;
@@ -373,11 +374,20 @@ impl SmartSubtransport for Subtransport {
                 e.to_string(),
             ));
         }
+        let trim = match action {
+            Service::ReceivePackLs => self
+                .ctx
+                .push_intent()
+                .map(|i| Trimmer::new(i, Arc::clone(&self.ctx.transfer))),
+            _ => None,
+        };
         Ok(Box::new(Stream {
             ctx: Arc::clone(&self.ctx),
             url: full,
             ex,
             state: State::Idle,
+            trim,
+            raw: Vec::new(),
         }))
     }
 
@@ -391,7 +401,14 @@ struct Stream {
     url: String,
     ex: Exchange,
     state: State,
+    /// A push's advertisement goes through this on its way to libgit2.
+    trim: Option<Trimmer>,
+    /// The trimmer's read buffer.
+    raw: Vec<u8>,
 }
+
+/// Raw advertisement bytes read at once when trimming.
+const TRIM_READ: usize = 64 * 1024;
 
 enum State {
     Idle,
@@ -436,31 +453,29 @@ impl Read for Stream {
                 }
                 State::Receiving {
                     mut reader,
-                    received,
+                    mut received,
                 } => {
-                    if self.ctx.remaining().is_none() {
-                        return Err(self.ctx.fail(SyncError::of(FailureCode::Timeout)));
-                    }
-                    let n = reader.read(out).map_err(|e| self.ctx.fail(io_error(&e)))?;
-                    let received = received + n as u64;
-                    self.ctx
-                        .transfer
-                        .bytes_in
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    let (cap, code) = if self.ex.pack {
-                        (
-                            self.ctx.max_pack.unwrap_or(u64::MAX),
-                            FailureCode::PackTooLarge,
-                        )
-                    } else {
-                        (
-                            self.ctx.max_advertisement,
-                            FailureCode::AdvertisementTooLarge,
-                        )
+                    let Some(mut trim) = self.trim.take() else {
+                        let n = self.read_body(&mut reader, &mut received, out)?;
+                        self.state = State::Receiving { reader, received };
+                        return Ok(n);
                     };
-                    if received > cap {
-                        return Err(self.ctx.fail(SyncError::of(code)));
-                    }
+                    let mut raw = std::mem::take(&mut self.raw);
+                    raw.resize(TRIM_READ, 0);
+                    let n = loop {
+                        let n = trim.take(out);
+                        if n > 0 || out.is_empty() {
+                            break n;
+                        }
+                        let got = self.read_body(&mut reader, &mut received, &mut raw)?;
+                        if got == 0 {
+                            trim.end();
+                            break trim.take(out);
+                        }
+                        trim.feed(&raw[..got]);
+                    };
+                    self.trim = Some(trim);
+                    self.raw = raw;
                     self.state = State::Receiving { reader, received };
                     return Ok(n);
                 }
@@ -524,6 +539,39 @@ impl Write for Stream {
 }
 
 impl Stream {
+    /// One read of the answer's body, counted and held to its cap.
+    fn read_body(
+        &self,
+        reader: &mut BodyReader<'static>,
+        received: &mut u64,
+        out: &mut [u8],
+    ) -> io::Result<usize> {
+        if self.ctx.remaining().is_none() {
+            return Err(self.ctx.fail(SyncError::of(FailureCode::Timeout)));
+        }
+        let n = reader.read(out).map_err(|e| self.ctx.fail(io_error(&e)))?;
+        *received += n as u64;
+        self.ctx
+            .transfer
+            .bytes_in
+            .fetch_add(n as u64, Ordering::Relaxed);
+        let (cap, code) = if self.ex.pack {
+            (
+                self.ctx.max_pack.unwrap_or(u64::MAX),
+                FailureCode::PackTooLarge,
+            )
+        } else {
+            (
+                self.ctx.max_advertisement,
+                FailureCode::AdvertisementTooLarge,
+            )
+        };
+        if *received > cap {
+            return Err(self.ctx.fail(SyncError::of(code)));
+        }
+        Ok(n)
+    }
+
     fn credential_header(&self) -> Option<String> {
         self.ctx.credential.as_ref().map(|(user, pass)| {
             let raw = format!("{user}:{pass}");

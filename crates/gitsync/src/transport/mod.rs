@@ -30,6 +30,10 @@
 //!   buffers a body beyond one chunk.
 //! - **No redirects, credentials for the run's origin only**, at most once
 //!   per request (see `http`).
+//! - **A push's advertisement is trimmed** (see `advert`): once the run
+//!   has said which refs it may push ([`Scope::intend_push`]), libgit2 is
+//!   shown only the receive-pack advertisement's lines it needs, and the
+//!   plan reads the remote's values of those refs from the same bytes.
 //! - **Errors are stable codes.** A failure is recorded in the run's scope
 //!   as a [`SyncError`] built from fixed strings, and libgit2 is handed an
 //!   I/O error whose message is `depot-transport: <code>`; `net::Guard`
@@ -44,6 +48,7 @@
 //! reqwest's blocking client would bring a hidden tokio runtime per client
 //! and has no per-read stall bound.
 
+mod advert;
 mod http;
 mod register;
 
@@ -60,6 +65,7 @@ use crate::error::SyncError;
 use crate::{Credentials, RunSpec};
 use depot_domain::{Failure, FailureCode};
 
+pub(crate) use advert::PushIntent;
 pub use register::install;
 
 /// `User-Agent` of every request. Some hosts key protocol behaviour on the
@@ -135,6 +141,8 @@ pub struct Transfer {
     body_writes: AtomicU64,
     socket_writes: AtomicU64,
     socket_bytes_out: AtomicU64,
+    push_refs_advertised: AtomicU64,
+    push_refs_shown: AtomicU64,
 }
 
 impl Transfer {
@@ -167,6 +175,14 @@ impl Transfer {
         (
             self.socket_writes.load(Ordering::Relaxed),
             self.socket_bytes_out.load(Ordering::Relaxed),
+        )
+    }
+    /// Ref lines of the push advertisements received, and how many of
+    /// them libgit2 was shown (see `advert`).
+    pub fn push_advertisement_refs(&self) -> (u64, u64) {
+        (
+            self.push_refs_advertised.load(Ordering::Relaxed),
+            self.push_refs_shown.load(Ordering::Relaxed),
         )
     }
 }
@@ -207,6 +223,9 @@ pub(crate) struct RunCtx {
     cancel: Option<Arc<AtomicBool>>,
     transfer: Arc<Transfer>,
     failure: Mutex<Option<SyncError>>,
+    /// The refs the run's push may update, once it said so: its
+    /// receive-pack advertisements are trimmed to them.
+    push_intent: Mutex<Option<Arc<PushIntent>>>,
 }
 
 impl RunCtx {
@@ -225,6 +244,7 @@ impl RunCtx {
             cancel: spec.cancel.cloned(),
             transfer: Arc::clone(&spec.net.transfer),
             failure: Mutex::new(None),
+            push_intent: Mutex::new(None),
         })
     }
 
@@ -248,6 +268,10 @@ impl RunCtx {
 
     pub(crate) fn failure(&self) -> Option<SyncError> {
         self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    fn push_intent(&self) -> Option<Arc<PushIntent>> {
+        self.push_intent.lock().ok().and_then(|p| p.clone())
     }
 
     pub(crate) fn cancelled(&self) -> bool {
@@ -330,6 +354,15 @@ impl Scope {
 
     pub(crate) fn failure(&self) -> Option<SyncError> {
         self.ctx.failure()
+    }
+
+    /// From now on, receive-pack advertisements of this run are trimmed to
+    /// what a push of `intent`'s refs needs, and `intent` learns the
+    /// remote's values of them.
+    pub(crate) fn intend_push(&self, intent: Arc<PushIntent>) {
+        if let Ok(mut slot) = self.ctx.push_intent.lock() {
+            *slot = Some(intent);
+        }
     }
 }
 
