@@ -23,17 +23,21 @@
 //!   transaction deletes the rows of every table in `public` but refinery's
 //!   `refinery_schema_history` (the migrations insert no rows of their
 //!   own: their INSERTs are all in trigger functions) and restarts every
-//!   sequence. Session state (LISTEN channels,
-//!   advisory locks, settings) lives and dies with the terminated sessions.
+//!   sequence. Session state (LISTEN channels, advisory locks, settings)
+//!   lives and dies with the terminated sessions, which the lease waits
+//!   for.
 //! - Before it is reused, a database's schema and database-level settings
 //!   are compared with the template's (a fingerprint of the catalog, taken
 //!   from a fresh clone and kept as the template's comment); on any
 //!   difference, e.g. a test that renamed a table and died before renaming
 //!   it back, the slot is dropped and cloned again.
 //!
-//! Not covered: a leftover daemon of a test killed outside nextest (which
-//! kills a test's whole process group) may reconnect after its backends
-//! are terminated; the lease logs the connections it terminates.
+//! Not covered: whatever outlives a test and reconnects after its backends
+//! are terminated: a daemon of a test killed outside nextest (which kills
+//! a test's whole process group), or, under `cargo test` (tests as threads
+//! of one process), the background tasks of an in-process gateway, which
+//! stopping its server does not end. The lease logs the connections it
+//! terminates.
 
 use anyhow::{Context, Result, bail};
 use std::time::{Duration, Instant};
