@@ -23,7 +23,7 @@ run: ## everything on loopback: services, build (first one ~6 min), migrate, dem
 stop: ## stop what `make run` started
 	@scripts/stop-dev.sh
 
-reset: ## drop the dev database and delete ./data, to start over (asks first on a terminal)
+reset: ## drop the dev and test databases and delete ./data, to start over (asks first on a terminal)
 	@scripts/reset-dev.sh
 
 # `make admin ARGS='key create --org demo --scopes read'`

@@ -389,6 +389,8 @@ impl DevRun {
                 format!("postgres://postgres@127.0.0.1:5432/{}", self.db),
             )
             .env("DEPOT__AMQP__NAMESPACE", &self.namespace)
+            // `make reset` would drop the databases of every test running.
+            .env("RESET_TEST_DBS", "0")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
         cmd

@@ -5,10 +5,11 @@
 //! Binaries come from the workspace's target directory (`make test` builds
 //! them first; so does `cargo build --bins`).
 //!
-//! A test's database is a clone of `depot_tmpl_<hash of migrations/>`, built
+//! A test's database is leased from a pool of emptied clones of
+//! `depot_tmpl_<hash of migrations/>` ([`pool`]), and the template is built
 //! once by `depot-admin migrate` and kept between runs: cloning costs a
-//! fraction of migrating, and the hash keeps a tree with other migrations
-//! from ever using it.
+//! fraction of migrating, reusing a clone a fraction of cloning, and the
+//! hash keeps a tree with other migrations from ever using either.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 pub use depot_testkit::{GitHttpServer, GitServerOptions, fixture};
 
 pub mod ops;
+pub mod pool;
 pub mod python;
 pub mod worker;
 
@@ -153,8 +155,11 @@ pub struct TestEnv {
     pub workers: Vec<Proc>,
     pub base_url: String,
     pub http: reqwest::Client,
-    /// Set by [`TestEnv::cleanup`]; otherwise `Drop` removes the database
-    /// and the broker namespace (a failed test panics before `cleanup`).
+    /// This test's hold on its database ([`pool`]); released by cleanup,
+    /// by `Drop`, or by the process's death.
+    lease: Option<pool::Lease>,
+    /// Set by [`TestEnv::cleanup`]; otherwise `Drop` deletes the broker
+    /// namespace (a failed test panics before `cleanup`).
     cleaned: bool,
 }
 
@@ -213,14 +218,9 @@ impl EnvOptions {
 impl TestEnv {
     pub async fn start(options: EnvOptions) -> Result<TestEnv> {
         let suffix = random_suffix();
-        let db_name = format!("depot_test_{suffix}");
         let namespace = format!("test-{suffix}");
         let dir = tempfile::tempdir()?;
         let mut env: HashMap<String, String> = [
-            (
-                "DEPOT__DATABASE__URL",
-                format!("postgres://postgres@127.0.0.1:5432/{db_name}"),
-            ),
             ("DEPOT__DATABASE__POOL_SIZE", "8".into()),
             ("DEPOT__AMQP__URL", AMQP_URL.into()),
             ("DEPOT__AMQP__NAMESPACE", namespace.clone()),
@@ -251,7 +251,7 @@ impl TestEnv {
             env.insert(k.clone(), v.clone());
         }
         let mut test_env = TestEnv {
-            db_name,
+            db_name: String::new(),
             namespace,
             dir,
             env,
@@ -262,9 +262,10 @@ impl TestEnv {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
+            lease: None,
             cleaned: false,
         };
-        test_env.create_migrated_database().await?;
+        test_env.lease_database().await?;
         // Workers first: they need neither the gateway nor one another
         // (every broker connection declares the topology), so their start
         // overlaps the wait for the gateway to listen.
@@ -278,86 +279,23 @@ impl TestEnv {
         Ok(test_env)
     }
 
-    /// This test's database, cloned from the migrated template (cloning
+    /// This test's database: an emptied clone of the migrated template,
+    /// leased from the pool (reusing one takes a fraction of cloning, which
     /// takes a fraction of applying every migration again).
-    async fn create_migrated_database(&self) -> Result<()> {
-        let template = self.migrated_template().await?;
-        let client = admin_client().await?;
-        client
-            .batch_execute(&format!(
-                "CREATE DATABASE \"{}\" TEMPLATE \"{template}\"",
-                self.db_name
-            ))
-            .await
-            .with_context(|| format!("clone {template}"))?;
+    async fn lease_database(&mut self) -> Result<()> {
+        let template = migrated_template(&self.env).await?;
+        let lease = pool::lease(&template, migrations_hash()?).await?;
+        self.db_name = lease.db_name.clone();
+        self.env.insert(
+            "DEPOT__DATABASE__URL".into(),
+            format!("postgres://postgres@127.0.0.1:5432/{}", self.db_name),
+        );
+        self.lease = Some(lease);
         Ok(())
     }
 
-    /// The name of a database holding exactly the migrations of this tree,
-    /// built by `depot-admin migrate` the first time any test needs it.
-    /// Named by a hash of `migrations/`: a tree with other migrations (an
-    /// edited one, another branch's) gets its own. Built under another name
-    /// and renamed when complete, so a test killed halfway leaves no
-    /// half-migrated template; marked a template without connections, so
-    /// concurrent clones never find it in use.
-    async fn migrated_template(&self) -> Result<String> {
-        let name = format!("depot_tmpl_{:016x}", migrations_hash()?);
-        let client = admin_client().await?;
-        // Arbitrary constant naming "depot e2e template" among advisory locks.
-        client
-            .batch_execute("SELECT pg_advisory_lock(7355608002)")
-            .await?;
-        let built = async {
-            let exists = client
-                .query_opt(
-                    "SELECT 1 FROM pg_database WHERE datname = $1 AND datistemplate",
-                    &[&name],
-                )
-                .await?
-                .is_some();
-            if !exists {
-                let building = format!("{name}_build_{}", random_suffix());
-                let url = format!("postgres://postgres@127.0.0.1:5432/{building}");
-                let out = self
-                    .command("depot-admin")?
-                    .env("DEPOT__DATABASE__URL", &url)
-                    .arg("migrate")
-                    .output()?;
-                if !out.status.success()
-                    || !String::from_utf8_lossy(&out.stdout).contains("applied")
-                {
-                    bail!(
-                        "depot-admin migrate into {building}: {}{}",
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
-                client
-                    .batch_execute(&format!(
-                        "ALTER DATABASE \"{building}\" RENAME TO \"{name}\"; \
-                         ALTER DATABASE \"{name}\" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
-                    ))
-                    .await?;
-            }
-            Ok(())
-        }
-        .await;
-        client
-            .batch_execute("SELECT pg_advisory_unlock(7355608002)")
-            .await?;
-        built.map(|()| name)
-    }
-
     fn command(&self, binary: &str) -> Result<Command> {
-        let mut cmd = Command::new(bin(binary)?);
-        cmd.env_clear();
-        for key in ["PATH", "HOME", "LANG"] {
-            if let Ok(v) = std::env::var(key) {
-                cmd.env(key, v);
-            }
-        }
-        cmd.envs(&self.env).stdin(Stdio::null());
-        Ok(cmd)
+        command_in(&self.env, binary)
     }
 
     /// Run `depot-admin ARGS`; returns stdout, fails on a non-zero exit.
@@ -549,15 +487,31 @@ impl TestEnv {
         Ok(client)
     }
 
-    /// Stop the processes, drop the database and the broker namespace.
+    /// Stop the processes, delete the broker namespace and give the
+    /// database back to the pool (the next lease empties it).
     pub async fn cleanup(mut self) -> Result<()> {
         if let Some(handle) = self.in_process.take() {
             handle.stop(false).await;
         }
         self.stop_all();
-        drop_resources(&self.db_name, &self.namespace).await?;
+        self.release_database();
+        delete_namespace(&self.namespace).await?;
         self.cleaned = true;
         Ok(())
+    }
+
+    /// End the lease. A lease that ended early (its connection lost, as
+    /// when a test restarts Postgres) may have let another test have this
+    /// database meanwhile: said on stderr, since such a test expects it.
+    fn release_database(&mut self) {
+        if let Some(lease) = self.lease.take()
+            && !lease.is_held()
+        {
+            eprintln!(
+                "test database pool: the lease on {} ended before the test did",
+                self.db_name
+            );
+        }
     }
 
     fn stop_all(&mut self) {
@@ -580,26 +534,27 @@ impl Drop for TestEnv {
             return;
         }
         self.stop_all();
+        self.release_database();
         // Drop may run inside the test's runtime (which cannot be blocked
         // on from within): a thread with its own runtime does the work.
-        let (db, namespace) = (self.db_name.clone(), self.namespace.clone());
+        let namespace = self.namespace.clone();
         let outcome = std::thread::spawn(move || -> Result<()> {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(drop_resources(&db, &namespace))
+                .block_on(delete_namespace(&namespace))
         })
         .join();
         if !matches!(outcome, Ok(Ok(()))) {
             eprintln!(
-                "test cleanup failed: database {} / broker namespace {} may be left behind",
-                self.db_name, self.namespace
+                "test cleanup failed: broker namespace {} may be left behind",
+                self.namespace
             );
         }
     }
 }
 
-async fn drop_resources(db_name: &str, namespace: &str) -> Result<()> {
+async fn delete_namespace(namespace: &str) -> Result<()> {
     let broker = depot_broker::Broker::connect(depot_broker::BrokerOptions {
         url: AMQP_URL.into(),
         namespace: namespace.to_string(),
@@ -610,16 +565,73 @@ async fn drop_resources(db_name: &str, namespace: &str) -> Result<()> {
     .await?;
     broker.delete_topology().await?;
     broker.close().await;
-    let (client, conn) = tokio_postgres::connect(PG_ADMIN_URL, tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
-        ))
-        .await?;
     Ok(())
+}
+
+/// The name of a database holding exactly the migrations of this tree,
+/// built by `depot-admin migrate` the first time any test needs it.
+/// Named by a hash of `migrations/`: a tree with other migrations (an
+/// edited one, another branch's) gets its own. Built under another name
+/// and renamed when complete, so a test killed halfway leaves no
+/// half-migrated template; marked a template without connections, so
+/// concurrent clones never find it in use.
+/// `env` is the environment its `depot-admin migrate` gets.
+pub(crate) async fn migrated_template(env: &HashMap<String, String>) -> Result<String> {
+    let name = format!("depot_tmpl_{:016x}", migrations_hash()?);
+    let client = admin_client().await?;
+    // Arbitrary constant naming "depot e2e template" among advisory locks.
+    client
+        .batch_execute("SELECT pg_advisory_lock(7355608002)")
+        .await?;
+    let built = async {
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_database WHERE datname = $1 AND datistemplate",
+                &[&name],
+            )
+            .await?
+            .is_some();
+        if !exists {
+            let building = format!("{name}_build_{}", random_suffix());
+            let url = format!("postgres://postgres@127.0.0.1:5432/{building}");
+            let out = command_in(env, "depot-admin")?
+                .env("DEPOT__DATABASE__URL", &url)
+                .arg("migrate")
+                .output()?;
+            if !out.status.success() || !String::from_utf8_lossy(&out.stdout).contains("applied") {
+                bail!(
+                    "depot-admin migrate into {building}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            client
+                .batch_execute(&format!(
+                    "ALTER DATABASE \"{building}\" RENAME TO \"{name}\"; \
+                     ALTER DATABASE \"{name}\" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+    .await;
+    client
+        .batch_execute("SELECT pg_advisory_unlock(7355608002)")
+        .await?;
+    built.map(|()| name)
+}
+
+/// `binary` with only `env` (and the PATH, HOME and LANG of the test).
+fn command_in(env: &HashMap<String, String>, binary: &str) -> Result<Command> {
+    let mut cmd = Command::new(bin(binary)?);
+    cmd.env_clear();
+    for key in ["PATH", "HOME", "LANG"] {
+        if let Ok(v) = std::env::var(key) {
+            cmd.env(key, v);
+        }
+    }
+    cmd.envs(env).stdin(Stdio::null());
+    Ok(cmd)
 }
 
 async fn admin_client() -> Result<tokio_postgres::Client> {
@@ -631,7 +643,7 @@ async fn admin_client() -> Result<tokio_postgres::Client> {
 }
 
 /// A hash of every file in `migrations/`, names and contents.
-fn migrations_hash() -> Result<u64> {
+pub(crate) fn migrations_hash() -> Result<u64> {
     use std::hash::{Hash, Hasher};
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
