@@ -8,7 +8,7 @@
 //! with tracing: a `request` span with its fields, `set_parent` (trace id),
 //! three records during the request, entered and left twice (a future
 //! polled twice), one `request finished` line, two records after it. Lines
-//! go through the production non-blocking writer into `io::sink()`.
+//! go through the production writer (module `writer`) into `io::sink()`.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -60,14 +60,8 @@ fn main() {
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-    let writer = || {
-        tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .lossy(false)
-            .finish(std::io::BufWriter::with_capacity(
-                64 * 1024,
-                std::io::sink(),
-            ))
-    };
+    let writer =
+        || depot_telemetry::writer::batch_writer(std::io::sink(), Default::default()).unwrap();
     let filter = |f: &str| tracing_subscriber::EnvFilter::new(f);
 
     measure(

@@ -20,15 +20,16 @@
 //! - JSON lines are formatted in one pass (module `json`): the stock
 //!   formatter's layout, without its parse and re-serialize of a span's
 //!   fields on every record and every line.
-//! - Lines are written to stdout by a dedicated thread (tracing-appender's
-//!   non-blocking writer): a request thread only formats its line and hands
-//!   it over, it never waits on the terminal or pipe. That thread writes
-//!   what it has drained in one system call (a buffer it flushes whenever
-//!   its queue is empty). The writer never drops a line (when its queue is
-//!   full, callers wait); dropping the [`TelemetryGuard`] writes out what is
-//!   queued.
+//! - Lines are written to stdout by a dedicated thread (module `writer`): a
+//!   request thread only formats its line and appends it to a shared
+//!   buffer, it never waits on the terminal or pipe and never wakes the
+//!   thread per line; the thread writes a batch per system call, at most
+//!   every 10 ms while busy and at once after a quiet spell. No line is
+//!   dropped (when 1 MiB is waiting, callers wait); dropping the
+//!   [`TelemetryGuard`] writes out what is pending.
 
 mod json;
+pub mod writer;
 
 use depot_settings::{LogFormat, Telemetry};
 use opentelemetry::propagation::TextMapCompositePropagator;
@@ -42,14 +43,32 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Lines the log writer queues before a caller waits.
-pub const LOG_QUEUE_LINES: usize = 16 * 1024;
+/// Where the subscriber's lines go: the batching thread, or (only when it
+/// could not be started) stdout directly.
+#[derive(Clone)]
+enum LogSink {
+    Batched(writer::BatchWriter),
+    Direct,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogSink {
+    type Writer =
+        tracing_subscriber::fmt::writer::EitherWriter<&'a writer::BatchWriter, std::io::Stdout>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        use tracing_subscriber::fmt::writer::EitherWriter;
+        match self {
+            LogSink::Batched(w) => EitherWriter::A(w),
+            LogSink::Direct => EitherWriter::B(std::io::stdout()),
+        }
+    }
+}
 
 /// Keeps the tracer provider and the log writer alive; flushes both when
 /// dropped.
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
-    _log_writer: Option<tracing_appender::non_blocking::WorkerGuard>,
+    _log_writer: Option<writer::WriterGuard>,
 }
 
 impl Drop for TelemetryGuard {
@@ -163,22 +182,15 @@ pub fn init(settings: &Telemetry, default_service: &str) -> TelemetryGuard {
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(otel_layer(tracer, settings.otlp_endpoint.is_some()));
-    let (writer, log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // tracing-appender's default queue, 128,000 lines, is allocated and
-        // touched in full at start: 4 MiB resident in every process
-        // (heaptrack, docs/benchmarks.md). The writer drains a batch per
-        // system call, so a burst beyond this only makes callers wait.
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name("depot-log-writer")
-        // Buffered below the writer thread: it flushes after each batch it
-        // drains, so a busy gateway writes many lines per system call
-        // instead of one (stdout alone is line-buffered), and a quiet one
-        // still writes each line at once.
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stdout(),
-        ));
+    let (writer, log_guard) = match writer::batch_writer(std::io::stdout(), Default::default()) {
+        Ok((w, guard)) => (LogSink::Batched(w), Some(guard)),
+        Err(e) => {
+            // No thread for it (resources exhausted at start): lines are
+            // written by their callers, which is slower but loses nothing.
+            eprintln!("log writer thread unavailable, writing lines directly: {e}");
+            (LogSink::Direct, None)
+        }
+    };
     let installed = match settings.format {
         LogFormat::Json => registry.with(json_layer(writer)).try_init(),
         LogFormat::Pretty => registry
@@ -191,7 +203,7 @@ pub fn init(settings: &Telemetry, default_service: &str) -> TelemetryGuard {
             .try_init(),
     };
     // Only the subscriber actually installed keeps its writer thread.
-    let log_guard = installed.is_ok().then_some(log_guard);
+    let log_guard = log_guard.filter(|_| installed.is_ok());
     match (&settings.otlp_endpoint, export_error) {
         (Some(_), Some(e)) => {
             tracing::error!(error = %e, "OTLP exporter unavailable; spans are not exported")
