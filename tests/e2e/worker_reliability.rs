@@ -196,25 +196,12 @@ async fn pull_to_completion(env: &TestEnv, key: &str, repo: &str) {
 /// `git update-ref --stdin` of `count` branches `bNNNNN` to `value` in
 /// one transaction; `verb` is `create` or `update`.
 fn set_branches(bare: &std::path::Path, verb: &str, count: usize, value: &str) {
-    use std::io::Write as _;
     let mut lines = String::new();
     for i in 0..count {
         lines.push_str(&format!("{verb} refs/heads/b{i:05} {value}\n"));
     }
-    let mut update = depot_e2e::fixture::git_command()
-        .arg("--git-dir")
-        .arg(bare)
-        .args(["update-ref", "--stdin"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    update
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    assert!(update.wait().unwrap().success(), "update-ref {verb}");
+    depot_e2e::fixture::git_in_dir_with_input(bare, &["update-ref", "--stdin"], lines.as_bytes())
+        .unwrap_or_else(|e| panic!("update-ref {verb}: {e:#}"));
 }
 
 /// Item 4: a worker stopped (SIGTERM, `worker.grace_seconds` = 1) in the

@@ -164,18 +164,8 @@ pub fn stat_names(sync: &Value) -> Vec<String> {
 
 pub use depot_testkit::fixture::{all_ref_names, fetch_all, force_push, refs_of};
 
-/// Run `git` in `dir` and return stdout.
-pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = fixture::git_command()
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
+/// Run `git` in `dir` and return its stdout, trimmed.
+pub use depot_testkit::fixture::git_in_dir as git;
 
 /// A broker connection on the test's namespace.
 pub async fn broker(env: &TestEnv) -> Result<depot_broker::Broker> {

@@ -15,7 +15,7 @@ use depot_domain::{Outcome, RefGlobs, RefMatcher};
 use depot_gitsync::housekeeping::{self, Policy};
 use depot_gitsync::{RunSpec, pull};
 use depot_testkit::GitHttpServer;
-use depot_testkit::fixture::{WorkRepo, git_command, has_object, list_refs};
+use depot_testkit::fixture::{WorkRepo, git_command, git_in_dir_with_input, has_object, list_refs};
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -98,18 +98,10 @@ fn loose_ref_files(repo: &Path) -> Vec<PathBuf> {
 fn many_branches(e: &Env, n: usize) -> String {
     let base = e.work.commit("main", "base").unwrap();
     e.work.push_all_to(&e.upstream).unwrap();
-    let mut child = git_command()
-        .arg(format!("--git-dir={}", e.upstream.display()))
-        .args(["update-ref", "--stdin"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    for i in 0..n {
-        writeln!(stdin, "create refs/heads/bulk/{i:05} {base}").unwrap();
-    }
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
+    let input: String = (0..n)
+        .map(|i| format!("create refs/heads/bulk/{i:05} {base}\n"))
+        .collect();
+    git_in_dir_with_input(&e.upstream, &["update-ref", "--stdin"], input.as_bytes()).unwrap();
     base
 }
 

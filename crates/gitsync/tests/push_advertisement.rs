@@ -11,13 +11,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use depot_domain::{Outcome, RefGlobs, RefStat};
 use depot_gitsync::push;
-use depot_testkit::fixture::{git_command, init_bare, refs_of, rev_parse};
+use depot_testkit::fixture::{git_command, git_in_dir_with_input, init_bare, refs_of, rev_parse};
 
 /// History of the fixtures: commits on main, then branches and tags at
 /// commits spread over it.
@@ -48,20 +46,7 @@ fn git(repo: &Path, args: &[&str]) -> String {
 }
 
 fn fast_import(repo: &Path, stream: &str) {
-    let mut child = git_command()
-        .arg("-C")
-        .arg(repo)
-        .args(["fast-import", "--quiet"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stream.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "fast-import failed");
+    git_in_dir_with_input(repo, &["fast-import", "--quiet"], stream.as_bytes()).unwrap();
 }
 
 /// About 2 KB of incompressible-ish text, different for every `seed`: a

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use depot_domain::{FailureCode, Outcome, RefGlobs, RefMatcher};
 use depot_gitsync::{Credentials, Net, RunSpec, SyncError, USER_AGENT, ensure_repo, pull, push};
-use depot_testkit::fixture::{WorkRepo, git_command, list_refs};
+use depot_testkit::fixture::{WorkRepo, git_command, git_in_dir_with_input, list_refs};
 use depot_testkit::{ConnectProxy, GitHttpServer, Hostile, TestCa, TlsFront};
 
 struct Env {
@@ -362,21 +362,7 @@ fn a_push_of_thousands_of_refs_survives_a_short_keep_alive() {
 }
 
 fn update_refs(repo: &Path, input: &str) {
-    use std::io::Write;
-    let mut child = git_command()
-        .arg("-C")
-        .arg(repo)
-        .args(["update-ref", "--stdin"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    git_in_dir_with_input(repo, &["update-ref", "--stdin"], input.as_bytes()).unwrap();
 }
 
 #[test]

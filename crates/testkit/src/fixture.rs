@@ -72,8 +72,9 @@ fn run(mut cmd: Command, input: Option<&[u8]>) -> Result<Output> {
     let mut child = cmd.spawn().with_context(|| format!("spawning `{what}`"))?;
     if let Some(input) = input {
         let mut stdin = child.stdin.take().context("child stdin missing")?;
-        // Inputs are small (file contents, tree listings); a pipe buffer plus
-        // git reading eagerly means this cannot deadlock against stdout.
+        // The commands fed here read their whole input before they write
+        // much (file contents, tree listings, ref updates, fast-import
+        // streams), so this cannot deadlock against stdout.
         stdin
             .write_all(input)
             .with_context(|| format!("writing stdin of `{what}`"))?;
@@ -100,6 +101,22 @@ fn git_in(dir: &Path) -> Command {
     let mut cmd = git_command();
     cmd.arg("-C").arg(dir);
     cmd
+}
+
+/// `git -C <dir> <args>` (a work tree or a bare repository); its standard
+/// output, trimmed.
+pub fn git_in_dir(dir: &Path, args: &[&str]) -> Result<String> {
+    let mut cmd = git_in(dir);
+    cmd.args(args);
+    stdout_line(&run(cmd, None)?)
+}
+
+/// The same with `input` on git's standard input: `fast-import`,
+/// `update-ref --stdin` (commands that read all of it and write little).
+pub fn git_in_dir_with_input(dir: &Path, args: &[&str], input: &[u8]) -> Result<String> {
+    let mut cmd = git_in(dir);
+    cmd.args(args);
+    stdout_line(&run(cmd, Some(input))?)
 }
 
 /// `git init --bare` at `path` (creating it), with `http.receivepack` enabled
