@@ -594,10 +594,16 @@ async fn claim_tx(
             return Ok(Claim::Busy);
         }
     }
+    // `statement_timestamp()`, not `now()`: `now()` is this transaction's
+    // start, which can precede the commit of the run this claim waited
+    // for (the repository lock above), so `started_at` would fall before
+    // that run's `finished_at` and the API would show two runs of one
+    // repository overlapping when they never did.
     let update = tx
         .prepare_cached(&format!(
-            "UPDATE syncs s SET status = 'in_progress', attempt = attempt + 1, started_at = now(),
-                    lease_until = now() + make_interval(secs => $2), not_before = NULL,
+            "UPDATE syncs s SET status = 'in_progress', attempt = attempt + 1,
+                    started_at = statement_timestamp(),
+                    lease_until = statement_timestamp() + make_interval(secs => $2), not_before = NULL,
                     error = NULL, stats = NULL, updated_at = now()
              WHERE s.id = $1 AND s.status = 'queued'
              RETURNING {COLUMNS}"
