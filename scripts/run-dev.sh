@@ -253,6 +253,9 @@ started. Try it (key and ids are filled in):
   git --git-dir <one of them> for-each-ref
 
   # the admin CLI against this setup: make admin ARGS='key create --org $ORG --scopes read'
+  # Mesa's SDK signs its own tokens from a private key (README, the API section):
+  #   make admin ARGS='key create --org $ORG --kind private-key --name sdk'   # last line: the key
+  #   Mesa(private_key=<that key>, api_url="http://$GATEWAY/v1")
   # start over (drops the dev database and $DATA_DIR): make stop && make reset
 
 EOF
