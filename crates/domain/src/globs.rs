@@ -11,7 +11,8 @@
 //! Choices of ours: blanks around commas are ignored and empty patterns
 //! (`"main,"`) are skipped, since no ref name can be blank; brace alternation
 //! (`{a,b}`) is not offered because the comma already separates patterns, so
-//! a `{` that is not closed within one pattern is a compile error (400).
+//! a `{` that is not closed within one pattern is a compile error (400); a
+//! closed group (`{main}`) can hold only one alternative and stands for it.
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
@@ -291,5 +292,18 @@ mod tests {
             .compile()
             .unwrap();
         assert!(m.matches("refs/heads/{x}"));
+    }
+
+    /// The comma split leaves a closed brace group only one alternative, so
+    /// it stands for its content: accepted, never a literal brace.
+    #[test]
+    fn a_brace_group_without_a_comma_matches_its_content() {
+        let m = RefGlobs::normalize(input(Some("{main},rel-{*}"), None))
+            .unwrap()
+            .compile()
+            .unwrap();
+        assert!(m.matches("refs/heads/main"));
+        assert!(m.matches("refs/heads/rel-1"));
+        assert!(!m.matches("refs/heads/{main}"));
     }
 }
