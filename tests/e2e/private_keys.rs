@@ -333,3 +333,22 @@ async fn tokens_over_the_size_and_grant_limits_are_refused() {
     assert_eq!(body["error"]["code"], "UNAUTHORIZED");
     env.cleanup().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_name_with_a_tab_is_refused_and_no_key_is_created() {
+    let env = env().await;
+    env.admin(&["org", "create", "acme", "--exists-ok"])
+        .unwrap();
+    for kind in ["api-key", "private-key"] {
+        let mut args = vec!["key", "create", "--org", "acme", "--kind", kind];
+        if kind == "api-key" {
+            args.extend(["--scopes", "read"]);
+        }
+        args.extend(["--name", "ci\tprod"]);
+        let e = env.admin(&args).unwrap_err().to_string();
+        assert!(e.contains("control characters"), "{kind}: {e}");
+    }
+    let list = env.admin(&["key", "list", "--org", "acme"]).unwrap();
+    assert_eq!(list.lines().count(), 1, "only the header: {list}");
+    env.cleanup().await.unwrap();
+}

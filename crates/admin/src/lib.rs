@@ -116,6 +116,21 @@ fn check_slug(slug: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Longest key name accepted, in characters.
+const MAX_KEY_NAME_CHARS: usize = 200;
+
+/// A key's name is a label for people reading `key list`, a table of
+/// tab-separated lines: a tab, newline or terminal escape in it would break
+/// the table (or the terminal), so control characters are refused.
+fn check_key_name(name: &str) -> anyhow::Result<()> {
+    if name.chars().count() > MAX_KEY_NAME_CHARS || name.chars().any(char::is_control) {
+        bail!(
+            "key name must be at most {MAX_KEY_NAME_CHARS} characters, none of them control characters (tab, newline, escape)"
+        );
+    }
+    Ok(())
+}
+
 /// Which configuration this invocation read, and how to pick another: the
 /// first thing to check when the database is not the expected one (the
 /// built-in default is `depot`; `make run` uses `depot_dev` from
@@ -209,6 +224,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     "--scopes is for API keys: a private key's access tokens carry their own scopes"
                 );
             }
+            check_key_name(&name)?;
             let org = depot_store::orgs::by_slug(client, &org)
                 .await?
                 .with_context(|| format!("no org {org}"))?;
@@ -259,6 +275,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     name,
                 },
         } => {
+            check_key_name(&name)?;
             let scopes = scopes
                 .iter()
                 .map(|s| {
@@ -441,4 +458,25 @@ pub async fn rotate_webhook_secrets(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::check_key_name;
+
+    #[test]
+    fn a_key_name_may_be_any_printable_text_up_to_200_characters() {
+        for name in ["", "ci", "deploy bot (prod) – ünïcode", &"x".repeat(200)] {
+            assert!(check_key_name(name).is_ok(), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_name_with_a_control_character_or_over_200_characters_is_refused() {
+        for name in ["a\tb", "a\nb", "\u{1b}[31mred", &"x".repeat(201)] {
+            let e = check_key_name(name).unwrap_err().to_string();
+            assert!(e.contains("control characters"), "{name:?}: {e}");
+        }
+    }
 }
