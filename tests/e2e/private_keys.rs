@@ -352,3 +352,60 @@ async fn a_key_name_with_a_tab_is_refused_and_no_key_is_created() {
     assert_eq!(list.lines().count(), 1, "only the header: {list}");
     env.cleanup().await.unwrap();
 }
+
+/// Repos "writable" and "hidden", and a token with `write-repo` on
+/// "writable" and "renamed" (which does not exist yet) and `read-repo` on
+/// "readable".
+async fn repo_scoped_token(env: &TestEnv, key: &PrivateKey) -> String {
+    let admin = sign(&key.signing, &admin_claims("acme"));
+    for name in ["writable", "hidden"] {
+        let (status, body) = env.post_repo(&admin, "acme", &json!({"name": name})).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let mut claims = admin_claims("acme");
+    claims.as_object_mut().unwrap().remove("admin");
+    claims["access"] =
+        json!({"writable": "write-repo", "readable": "read-repo", "renamed": "write-repo"});
+    sign(&key.signing, &claims)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_cannot_rename_a_repo_out_of_its_grant() {
+    let env = env().await;
+    let key = create_private_key(&env, "acme");
+    let token = repo_scoped_token(&env, &key).await;
+    for target in ["elsewhere", "readable", "hidden"] {
+        let (status, body) = env
+            .patch_repo(
+                &token,
+                "acme/writable",
+                &json!({"name": target, "tags": {"a": "1"}}),
+            )
+            .await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (403, &json!("FORBIDDEN")),
+            "{target}: {body}"
+        );
+    }
+    // Nothing of either request was applied.
+    let (status, body) = env.get_repo(&token, "acme/writable").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tags"], json!({}), "{body}");
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_renames_a_repo_to_a_name_it_may_write() {
+    let env = env().await;
+    let key = create_private_key(&env, "acme");
+    let token = repo_scoped_token(&env, &key).await;
+    let (status, body) = env
+        .patch_repo(&token, "acme/writable", &json!({"name": "renamed"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], "renamed", "{body}");
+    let (status, body) = env.get_repo(&token, "acme/renamed").await;
+    assert_eq!(status, 200, "{body}");
+    env.cleanup().await.unwrap();
+}

@@ -109,6 +109,22 @@ impl Caller {
             )),
         }
     }
+
+    /// Renaming a repo (already allowed to write) to `new_name`. A grant
+    /// names repos by name, so a token limited to named repos could
+    /// otherwise move a repo out of its own grant, or under a name another
+    /// token is granted: it may rename only to a name it holds write-repo
+    /// on. Other callers may rename to any name.
+    pub fn may_rename_to(&self, new_name: &str) -> Result<(), ApiError> {
+        match &self.access {
+            Some(access) if access.get(new_name).is_none_or(|g| *g < Scope::Write) => {
+                Err(ApiError::forbidden(
+                    "this access token may rename a repository only to a name it grants write-repo on",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {

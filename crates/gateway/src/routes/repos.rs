@@ -506,6 +506,9 @@ pub async fn update(
     let new_name = body.name;
     if let Some(n) = &new_name {
         check_name(n)?;
+        if *n != name {
+            caller.may_rename_to(n)?;
+        }
     }
     let bookmark = body.default_bookmark;
     if let Some(b) = &bookmark {
