@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use depot_domain::{Direction, RefGlobs, SyncStatus};
+use depot_store::Pool;
 use depot_store::syncs::{self, Claim, Enqueued};
-use depot_store::{Pool, PoolOptions};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -59,24 +59,12 @@ async fn until_a_claim_waits_for_a_lock(pool: &Pool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_that_waited_for_the_repository_starts_after_the_run_before_it_ended() {
-    let db = common::ScratchDb::migrated("claim_ts").await;
-    let pool = depot_store::connect(
-        &db.url,
-        &PoolOptions {
-            max_size: 4,
-            timeout: Duration::from_secs(5),
-        },
-    )
-    .unwrap();
+    let (_db, pool, org_id) = common::with_org("claim_ts", "ts", 4).await;
     let setup = pool.get().await.unwrap();
-    let org = depot_store::orgs::create(&setup, "ts", "ts")
-        .await
-        .unwrap()
-        .unwrap();
     setup
         .execute(
             "INSERT INTO repos (id, org_id, name) VALUES ('repo_ts', $1, 'ts')",
-            &[&org.id],
+            &[&org_id],
         )
         .await
         .unwrap();

@@ -5,28 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use depot_domain::{Direction, RefGlobs};
+use depot_store::Pool;
 use depot_store::syncs::{self, Created};
-use depot_store::{Pool, PoolOptions};
-use std::time::Duration;
 
 mod common;
 
 async fn setup(prefix: &str) -> (common::ScratchDb, Pool, String) {
-    let db = common::ScratchDb::migrated(prefix).await;
-    let pool = depot_store::connect(
-        &db.url,
-        &PoolOptions {
-            max_size: 2,
-            timeout: Duration::from_secs(5),
-        },
-    )
-    .unwrap();
-    let client = pool.get().await.unwrap();
-    let org = depot_store::orgs::create(&client, "cq", "cq")
-        .await
-        .unwrap()
-        .unwrap();
-    (db, pool, org.id)
+    common::with_org(prefix, "cq", 2).await
 }
 
 async fn repo(pool: &Pool, org_id: &str, id: &str, name: &str, upstream: bool) {

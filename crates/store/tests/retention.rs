@@ -6,7 +6,7 @@
 
 use depot_domain::{Direction, RefGlobs, Stats, SyncStatus};
 use depot_store::syncs::{self, Claim, Enqueued};
-use depot_store::{Pool, PoolOptions, housekeeping, idempotency};
+use depot_store::{Pool, housekeeping, idempotency};
 use std::time::Duration;
 
 mod common;
@@ -14,21 +14,7 @@ mod common;
 const DAY: Duration = Duration::from_secs(86_400);
 
 async fn setup(prefix: &str) -> (common::ScratchDb, Pool, String) {
-    let db = common::ScratchDb::migrated(prefix).await;
-    let pool = depot_store::connect(
-        &db.url,
-        &PoolOptions {
-            max_size: 4,
-            timeout: Duration::from_secs(5),
-        },
-    )
-    .unwrap();
-    let client = pool.get().await.unwrap();
-    let org = depot_store::orgs::create(&client, "ret", "ret")
-        .await
-        .unwrap()
-        .unwrap();
-    (db, pool, org.id)
+    common::with_org(prefix, "ret", 4).await
 }
 
 async fn repo(pool: &Pool, org_id: &str, id: &str) {

@@ -10,8 +10,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use depot_domain::{Direction, RefGlobs, Stats, SyncStatus};
+use depot_store::Pool;
 use depot_store::syncs::{self, Claim, Enqueued};
-use depot_store::{Pool, PoolOptions};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::time::Duration;
@@ -211,29 +211,16 @@ async fn run_case(pool: &Pool, repo_id: &str, ops: Vec<Op>) -> Result<(), TestCa
 #[test]
 fn every_sequence_of_worker_operations_keeps_the_invariants() {
     let rt = Runtime::new().unwrap();
-    let db = rt.block_on(common::ScratchDb::migrated("depot_prop"));
-    let pool = rt.block_on(async {
-        let pool = depot_store::connect(
-            &db.url,
-            &PoolOptions {
-                max_size: 2,
-                timeout: Duration::from_secs(5),
-            },
-        )
-        .unwrap();
+    let (_db, pool, org_id) = rt.block_on(common::with_org("depot_prop", "prop", 2));
+    rt.block_on(async {
         let client = pool.get().await.unwrap();
-        let org = depot_store::orgs::create(&client, "prop", "prop")
-            .await
-            .unwrap()
-            .unwrap();
         client
             .execute(
                 "INSERT INTO repos (id, org_id, name) VALUES ('repo_prop', $1, 'r')",
-                &[&org.id],
+                &[&org_id],
             )
             .await
             .unwrap();
-        pool
     });
     let mut runner = TestRunner::new(Config {
         cases: 48,

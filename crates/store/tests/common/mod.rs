@@ -23,6 +23,35 @@ impl ScratchDb {
     }
 }
 
+/// A scratch database, a pool of `max_size` on it, and an org of `slug`
+/// (its id). Not every test binary needs it.
+#[allow(dead_code)]
+pub async fn with_org(
+    prefix: &str,
+    slug: &str,
+    max_size: usize,
+) -> (ScratchDb, depot_store::Pool, String) {
+    let db = ScratchDb::migrated(prefix).await;
+    let pool = depot_store::connect(
+        &db.url,
+        &depot_store::PoolOptions {
+            max_size,
+            timeout: Duration::from_secs(5),
+        },
+    )
+    .unwrap_or_else(|e| panic!("pool on {}: {e}", db.name));
+    let client = pool
+        .get()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {}: {e}", db.name));
+    let org = depot_store::orgs::create(&client, slug, slug)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("creating org {slug} in {}", db.name));
+    (db, pool, org.id)
+}
+
 impl Drop for ScratchDb {
     fn drop(&mut self) {
         // Drop may run inside the test's runtime, which cannot be blocked
