@@ -332,13 +332,50 @@ mod tests {
     /// tests at once), so a lease it released is its next lease's lowest
     /// free slot.
     async fn test_lease(template: &str, label: &str) -> Lease {
+        lease_from(
+            template,
+            &format!("{template}_pooltest_{label}"),
+            test_key(label),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn test_key(label: &str) -> i32 {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         (crate::migrations_hash().unwrap(), label).hash(&mut hasher);
-        let key = hasher.finish() as u32 as i32;
-        lease_from(template, &format!("{template}_pooltest_{label}"), key)
-            .await
-            .unwrap()
+        hasher.finish() as u32 as i32
+    }
+
+    /// Polls until no session holds a slot of `label`'s pool. A dropped
+    /// lease's connection closes at once, but its backend, and with it the
+    /// advisory lock, ends a moment later: a lease taken before that finds
+    /// the slot still locked and takes the next one.
+    async fn until_no_slot_is_held(label: &str) {
+        let admin = connect(PG_ADMIN_URL).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let held: i64 = admin
+                .query_one(
+                    // A two-key advisory lock shows its keys as classid and
+                    // objid, with objsubid 2.
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+                     AND objsubid = 2 AND classid = $1::int4::oid",
+                    &[&test_key(label)],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if held == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the released lease's lock is still held"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     async fn db(lease: &Lease) -> Client {
@@ -368,6 +405,7 @@ mod tests {
             .unwrap();
         let name = first.db_name.clone();
         drop((client, first));
+        until_no_slot_is_held("reuse").await;
 
         let second = test_lease(&template, "reuse").await;
         assert_eq!(second.db_name, name, "the released slot is reused");
@@ -432,8 +470,11 @@ mod tests {
             db(&first).await.batch_execute(change).await.unwrap();
             assert_ne!(Some(fingerprint(&first).await), expected, "{change}");
             drop(first);
+            until_no_slot_is_held("schema").await;
             let second = test_lease(&template, "schema").await;
             assert_eq!(Some(fingerprint(&second).await), expected, "after {change}");
+            drop(second);
+            until_no_slot_is_held("schema").await;
         }
         let first = test_lease(&template, "schema").await;
         connect(PG_ADMIN_URL)
@@ -446,6 +487,7 @@ mod tests {
             .await
             .unwrap();
         drop(first);
+        until_no_slot_is_held("schema").await;
         let second = test_lease(&template, "schema").await;
         let timeout: String = db(&second)
             .await
@@ -466,6 +508,7 @@ mod tests {
             .await
             .unwrap();
         drop(first);
+        until_no_slot_is_held("leftover").await;
         let second = test_lease(&template, "leftover").await;
         assert!(
             leftover.batch_execute("COMMIT").await.is_err(),
