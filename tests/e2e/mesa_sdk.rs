@@ -1,7 +1,8 @@
 //! Mesa's own Python SDK (`mesa_sdk.Mesa`, installed from PyPI by
 //! scripts/mesa-venv.sh) drives the real binaries unchanged but for its
 //! `api_url`: a private key from the admin CLI, then whoami, a repo with an
-//! upstream, pull and push syncs, listing, and the SDK's typed errors.
+//! upstream, pull and push syncs, listing, and the SDK's typed errors;
+//! and a repo-scoped token from the SDK's own signer, sent by `mesa_rest`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -85,5 +86,38 @@ async fn mesa_sdk_drives_repos_and_syncs_with_a_private_key() {
     );
     // The private key never travelled: only tokens signed with it did.
     assert!(!env.all_logs().contains(&private_key[20..]));
+    env.cleanup().await.unwrap();
+}
+
+/// The rename rule for repo-scoped tokens, with the token signed by Mesa's
+/// SDK code and the requests sent by Mesa's REST client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repo_scoped_token_from_mesas_signer_renames_only_within_its_grant() {
+    let env = TestEnv::start(EnvOptions::default()).await.unwrap();
+    env.admin(&["org", "create", "acme"]).unwrap();
+    let out = env
+        .admin(&["key", "create", "--org", "acme", "--kind", "private-key"])
+        .unwrap();
+    let private_key = out.lines().last().unwrap().to_string();
+    let stdout = run_script(
+        "scoped_rename.py",
+        &[
+            ("MESA_TEST_PRIVATE_KEY", private_key),
+            ("MESA_TEST_API_URL", env.url("/v1")),
+        ],
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    let result: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        result,
+        json!({
+            "hidden": 403,
+            "elsewhere": 403,
+            "renamed": 200,
+            "after": {"status": 200, "name": "renamed"},
+        })
+    );
     env.cleanup().await.unwrap();
 }
